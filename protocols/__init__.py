@@ -1,0 +1,1 @@
+"""Packet dictionaries (TOML data), one file per vehicle; loaded by groundstation.definitions."""

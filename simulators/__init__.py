@@ -1,0 +1,1 @@
+"""Packet simulator: flies the real flights through the ICD's packets and envelopes."""
