@@ -1,0 +1,150 @@
+"""The msgpack envelope of ICD section 2: unpacked with explicit limits, never trusted.
+
+`unpack_envelope` never raises on bad input: it returns an `Invalid` with a stable reason
+(the `reason` of the log line) so that the caller counts, logs and archives it (ICD
+section 6). `pack_envelope` is the inverse, for the simulator and the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Final, Literal, TypeGuard
+
+import msgpack
+
+ENVELOPE_VERSION: Final = 1
+SEQ_MODULUS: Final = 2**32
+UNKNOWN_VEHICLE: Final = "unknown"
+
+# Limits for msgpack's unpacker: an envelope is a small map of short strings and one bin.
+# They bound what a hostile payload can make us allocate before we look at it.
+MAX_MAP_ENTRIES: Final = 64
+MAX_ARRAY_ENTRIES: Final = 1024
+MAX_STR_BYTES: Final = 64 * 1024
+
+InvalidReason = Literal[
+    "too_large",
+    "not_msgpack",
+    "not_a_map",
+    "bad_version",
+    "bad_relay",
+    "bad_vehicle",
+    "unknown_vehicle",
+    "bad_seq",
+    "bad_ert",
+    "bad_packets",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Envelope:
+    """A valid envelope: where the packets came from, and the packets themselves."""
+
+    version: int
+    relay: str
+    vehicle: str
+    seq: int
+    ert: float
+    packets: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Invalid:
+    """Why a payload is not a valid envelope, and which vehicle it claimed (if known)."""
+
+    reason: InvalidReason
+    vehicle: str = UNKNOWN_VEHICLE
+    detail: str = ""
+
+
+def unpack_envelope(
+    payload: bytes, *, max_payload_bytes: int, vehicles: Collection[str]
+) -> Envelope | Invalid:
+    """Parse one MQTT payload; `vehicles` are the names that have a packet dictionary."""
+    if len(payload) > max_payload_bytes:
+        return Invalid(
+            reason="too_large", detail=f"{len(payload)} bytes > limit {max_payload_bytes}"
+        )
+    try:
+        document = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=False,
+            max_bin_len=max_payload_bytes,
+            max_str_len=min(MAX_STR_BYTES, max_payload_bytes),
+            max_array_len=MAX_ARRAY_ENTRIES,
+            max_map_len=MAX_MAP_ENTRIES,
+            max_ext_len=0,
+        )
+    # msgpack signals every malformed, over-limit, too-deep or trailing-data input with a
+    # ValueError subclass (ExtraData, FormatError, StackError), and an unhashable map key
+    # with TypeError.
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        return Invalid(reason="not_msgpack", detail=type(error).__name__)
+    if not isinstance(document, dict):
+        return Invalid(reason="not_a_map", detail=type(document).__name__)
+    return _check_fields(document, vehicles=vehicles)
+
+
+def _check_fields(
+    document: dict[object, object], *, vehicles: Collection[str]
+) -> Envelope | Invalid:
+    vehicle = document.get("vehicle")
+    claimed = vehicle if isinstance(vehicle, str) and vehicle in vehicles else UNKNOWN_VEHICLE
+    version = document.get("v")
+    if not _is_int(version) or version != ENVELOPE_VERSION:  # bool is not a version
+        return Invalid(reason="bad_version", vehicle=claimed, detail=repr(version)[:40])
+    if not isinstance(vehicle, str):
+        return Invalid(reason="bad_vehicle", detail=type(vehicle).__name__)
+    if vehicle not in vehicles:
+        return Invalid(reason="unknown_vehicle", detail=vehicle[:40])
+    relay = document.get("relay")
+    if not isinstance(relay, str) or not relay:
+        return Invalid(reason="bad_relay", vehicle=claimed, detail=type(relay).__name__)
+    seq = document.get("seq")
+    if not _is_int(seq) or not 0 <= seq < SEQ_MODULUS:
+        return Invalid(reason="bad_seq", vehicle=claimed, detail=repr(seq)[:40])
+    ert = document.get("ert")
+    # The ICD says float; an integral int is accepted too, since some encoders shorten 1.7e9.
+    if isinstance(ert, bool) or not isinstance(ert, int | float) or not math.isfinite(ert):
+        return Invalid(reason="bad_ert", vehicle=claimed, detail=repr(ert)[:40])
+    packets = document.get("packets")
+    if not isinstance(packets, bytes) or not packets:
+        return Invalid(reason="bad_packets", vehicle=claimed, detail=type(packets).__name__)
+    return Envelope(
+        version=ENVELOPE_VERSION,
+        relay=relay,
+        vehicle=vehicle,
+        seq=seq,
+        ert=float(ert),
+        packets=packets,
+    )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def pack_envelope(
+    *,
+    relay: str,
+    vehicle: str,
+    seq: int,
+    ert: float,
+    packets: bytes,
+    version: int = ENVELOPE_VERSION,
+) -> bytes:
+    """Build an envelope payload (ICD section 2); `version` is a parameter for fault tests."""
+    document = {
+        "v": version,
+        "relay": relay,
+        "vehicle": vehicle,
+        "seq": seq % SEQ_MODULUS,
+        "ert": float(ert),
+        "packets": packets,
+    }
+    payload: bytes = msgpack.packb(document, use_bin_type=True)
+    return payload

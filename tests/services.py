@@ -1,0 +1,117 @@
+"""Real services for integration tests: Mosquitto (and friends) on free loopback ports.
+
+A missing service is a test failure, never a skip (DEVELOPERS.md: in CI a skipped
+integration test is a failure). `scripts/test.sh` installs them from Debian's packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+STARTUP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def find_binary(name: str) -> str:
+    """Path of a service binary; fails the test (not skips) when it is not installed."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+    if path is None:
+        pytest.fail(f"{name} is not installed: run the README's test command (scripts/test.sh)")
+    return path
+
+
+def wait_for_port(port: int, *, process: subprocess.Popen[bytes], what: str) -> None:
+    """Block until something accepts on loopback:port, or fail with the process's output."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            pytest.fail(f"{what} exited with {process.returncode} on start:\n{output}")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{what} did not listen on {LOOPBACK}:{port} within {STARTUP_TIMEOUT_S} s")
+
+
+@dataclass
+class Mosquitto:
+    """One Mosquitto broker on a free loopback port, with a config the test may extend."""
+
+    workdir: Path
+    extra_config: str = ""
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{LOOPBACK}:{self.port}"
+
+    def config_text(self) -> str:
+        # Queue limits as in deploy/mosquitto: an offline persistent session keeps a whole
+        # stored-flight playback instead of silently dropping past 1000 messages.
+        return (
+            f"listener {self.port} {LOOPBACK}\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "max_inflight_messages 100\n"
+            "log_dest stdout\n"
+            "log_type error\n"
+            "log_type warning\n" + self.extra_config
+        )
+
+    def start(self) -> None:
+        """Start (or restart, keeping persistence and port) the broker and wait for it."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(self.config_text())
+        self.process = subprocess.Popen(
+            [find_binary("mosquitto"), "-c", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process, what="mosquitto")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (saves persistence) or SIGKILL (a crash) the broker and reap it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_mosquitto(workdir: Path, *, extra_config: str = "") -> Iterator[Mosquitto]:
+    """A started broker, stopped on exit whatever happens."""
+    broker = Mosquitto(workdir=workdir, extra_config=extra_config)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

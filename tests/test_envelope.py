@@ -1,0 +1,103 @@
+"""The msgpack envelope (ICD section 2): valid ones parse, every invalid one has a reason."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from groundstation.envelope import Envelope, Invalid, pack_envelope, unpack_envelope
+
+VEHICLES = frozenset({"ingenuity", "perseverance"})
+LIMIT = 1 << 20
+
+
+def unpack(payload: bytes) -> Envelope | Invalid:
+    return unpack_envelope(payload, max_payload_bytes=LIMIT, vehicles=VEHICLES)
+
+
+def valid_document(**changes: object) -> dict[str, object]:
+    document: dict[str, object] = {
+        "v": 1,
+        "relay": "perseverance",
+        "vehicle": "ingenuity",
+        "seq": 7,
+        "ert": 1.7e9,
+        "packets": b"\x01\x02",
+    }
+    document.update(changes)
+    return document
+
+
+def test_round_trip_of_a_valid_envelope() -> None:
+    """pack_envelope's output unpacks to the same fields; extra keys are ignored."""
+    payload = msgpack.packb({**valid_document(), "extra": [1, 2, 3]}, use_bin_type=True)
+    envelope = unpack(payload)
+    assert envelope == Envelope(
+        version=1, relay="perseverance", vehicle="ingenuity", seq=7, ert=1.7e9, packets=b"\x01\x02"
+    )
+    assert unpack(
+        pack_envelope(relay="r", vehicle="perseverance", seq=2**32 + 3, ert=5, packets=b"x")
+    ) == Envelope(version=1, relay="r", vehicle="perseverance", seq=3, ert=5.0, packets=b"x")
+
+
+@pytest.mark.parametrize(
+    ("document", "reason", "vehicle"),
+    [
+        ([1, 2], "not_a_map", "unknown"),
+        (valid_document(v=2), "bad_version", "ingenuity"),
+        (valid_document(v=True), "bad_version", "ingenuity"),
+        (valid_document(vehicle="curiosity"), "unknown_vehicle", "unknown"),
+        (valid_document(vehicle=3), "bad_vehicle", "unknown"),
+        (valid_document(relay=""), "bad_relay", "ingenuity"),
+        (valid_document(seq=-1), "bad_seq", "ingenuity"),
+        (valid_document(seq=2**32), "bad_seq", "ingenuity"),
+        (valid_document(seq=1.0), "bad_seq", "ingenuity"),
+        (valid_document(ert="now"), "bad_ert", "ingenuity"),
+        (valid_document(ert=float("nan")), "bad_ert", "ingenuity"),
+        (valid_document(packets="text, not bin"), "bad_packets", "ingenuity"),
+        (valid_document(packets=b""), "bad_packets", "ingenuity"),
+    ],
+)
+def test_invalid_fields_have_stable_reasons(document: object, reason: str, vehicle: str) -> None:
+    """Each way an envelope can break gives its own reason and the vehicle if it is known."""
+    result = unpack(msgpack.packb(document, use_bin_type=True))
+    assert isinstance(result, Invalid)
+    assert (result.reason, result.vehicle) == (reason, vehicle)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",  # never-used msgpack byte
+        b"\x91" * 100_000,  # nesting deeper than the unpacker's stack
+        b"\xc6\xff\xff\xff\xff",  # bin claiming 4 GiB
+        b"\xdd\xff\xff\xff\xff",  # array claiming 4 billion entries
+        b"\xdf\x7f\xff\xff\xff",  # map claiming 2 billion entries
+        b"\x81\x91\x01\x02",  # map with an array as a key
+        b"\x81\x01\x02",  # map with an int key
+        b"\xd4\x05\x00",  # unknown ext type
+        msgpack.packb(valid_document()) + b"\x00",  # trailing bytes
+    ],
+)
+def test_hostile_payloads_are_invalid_not_exceptions(payload: bytes) -> None:
+    """Resource-exhaustion and malformed msgpack are refused as `not_msgpack`."""
+    result = unpack(payload)
+    assert isinstance(result, Invalid)
+    assert result.reason == "not_msgpack"
+
+
+def test_payload_over_the_limit_is_refused_before_unpacking() -> None:
+    """A payload larger than max_payload_bytes is invalid whatever it holds."""
+    payload = pack_envelope(relay="r", vehicle="ingenuity", seq=1, ert=1.0, packets=b"x" * 100)
+    result = unpack_envelope(payload, max_payload_bytes=50, vehicles=VEHICLES)
+    assert isinstance(result, Invalid)
+    assert result.reason == "too_large"
+
+
+@given(st.binary(max_size=512))
+def test_any_bytes_give_an_envelope_or_a_reason(payload: bytes) -> None:
+    """Random bytes never raise: the result is always one of the two types."""
+    assert isinstance(unpack(payload), Envelope | Invalid)
