@@ -10,8 +10,6 @@ costs one XOR and one ``np.take`` across the chunk (both run in C, without the G
 from __future__ import annotations
 
 import functools
-import itertools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 import numpy as np
@@ -66,33 +64,13 @@ def crc16(data: bytes | bytearray | memoryview) -> int:
     return crc
 
 
-def crc16_rows(rows: NDArray[np.uint8], *, workers: int = 1) -> NDArray[np.uint16]:
-    """CRC-16/CCITT-FALSE of each row of an (n, L) array, with no per-packet Python loop.
-
-    With ``workers`` > 1, large inputs are split between threads: numpy releases the GIL
-    inside ``take`` and ``bitwise_xor``, so the halves run in parallel on two cores.
-    """
+def crc16_rows(rows: NDArray[np.uint8]) -> NDArray[np.uint16]:
+    """CRC-16/CCITT-FALSE of each row of an (n, L) array, with no per-packet Python loop."""
     if rows.ndim != 2 or rows.dtype != np.uint8:
         raise ValueError(f"crc16_rows needs an (n, L) uint8 array, not {rows.dtype} {rows.shape}")
-    count = rows.shape[0]
-    result = np.full(count, INIT, dtype=np.uint16)
-    if count == 0 or rows.shape[1] == 0:
-        return result
-    if rows.strides[1] != 1:
-        rows = np.ascontiguousarray(rows)
-    parts = max(1, min(workers, count // _MAX_CHUNK))
-    if parts == 1:
-        _crc_rows_into(rows, result)
-        return result
-    bounds = [count * part // parts for part in range(parts + 1)]
-    with ThreadPoolExecutor(max_workers=parts - 1) as pool:
-        helpers = [
-            pool.submit(_crc_rows_into, rows[low:high], result[low:high])
-            for low, high in itertools.pairwise(bounds[1:])
-        ]
-        _crc_rows_into(rows[: bounds[1]], result[: bounds[1]])
-        for helper in helpers:
-            helper.result()
+    result = np.full(rows.shape[0], INIT, dtype=np.uint16)
+    if rows.shape[0] and rows.shape[1]:
+        _crc_rows_into(rows if rows.strides[1] == 1 else np.ascontiguousarray(rows), result)
     return result
 
 

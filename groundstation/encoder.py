@@ -74,9 +74,12 @@ def packet_time(
     """Packet time in UTC seconds from SCLK (ICD section 3), rounded once to float64."""
     if isinstance(coarse, int) and isinstance(fine, int):
         return (SCLK_EPOCH_UNIX_S + coarse) + fine / FINE_PER_SECOND
-    # Integer part first (exact in float64), then the dyadic fraction: one rounding only.
-    seconds = np.asarray(coarse).astype(np.float64) + SCLK_EPOCH_UNIX_S
-    return seconds + np.asarray(fine).astype(np.float64) / FINE_PER_SECOND
+    # coarse + fine / 65536 is exact in float64 (48 bits); adding the epoch rounds once,
+    # as the scalar form does. In place: this runs over every decoded packet.
+    seconds = np.multiply(fine, 1.0 / FINE_PER_SECOND, dtype=np.float64)
+    seconds += coarse
+    seconds += SCLK_EPOCH_UNIX_S
+    return seconds
 
 
 @overload
@@ -112,13 +115,15 @@ def sclk_from_time(
 
 
 def encode_packet(
-    packet: PacketDef, *, seq: int, time: float, values: Mapping[str, object]
+    packet: PacketDef, *, seq: int | np.integer[Any], time: float, values: Mapping[str, object]
 ) -> bytes:
     """One packet of any APID, including variable-length event reports with their text."""
     _check_names(packet, values)
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < SEQ_COUNT_MODULUS:
+    if isinstance(seq, bool) or not isinstance(seq, int | np.integer):
+        raise ValueError(f"{packet.name}: sequence count {seq!r} is not an integer")
+    if not 0 <= seq < SEQ_COUNT_MODULUS:
         raise ValueError(f"{packet.name}: sequence count {seq!r} is outside 0..16383")
-    coarse, fine = sclk_from_time(time)
+    coarse, fine = sclk_from_time(float(time))
     shape = (1, packet.samples) if packet.samples > 1 else (1,)
     records = np.zeros(shape, dtype=packet.record_dtype)
     for field in packet.numeric_fields:
@@ -138,7 +143,7 @@ def encode_packet(
         )
     header = _HEADER_STRUCT.pack(
         PACKET_ID_FIXED | packet.apid,
-        SEQ_FLAGS_UNSEGMENTED | seq,
+        SEQ_FLAGS_UNSEGMENTED | int(seq),
         length - PRIMARY_HEADER_BYTES - 1,
         coarse,
         fine,

@@ -214,6 +214,10 @@ def test_field_names_and_counts_are_checked(ingenuity: VehicleDictionary) -> Non
     for seq in (-1, 16384):
         with pytest.raises(ValueError, match="sequence count"):
             encode_packet(hk, seq=seq, time=TIME, values=HK_VALUES)
+    with pytest.raises(ValueError, match="sequence count True is not an integer"):
+        encode_packet(hk, seq=True, time=TIME, values=HK_VALUES)
+    numpy_count = encode_packet(hk, seq=np.int64(7), time=np.float64(TIME), values=HK_VALUES)
+    assert numpy_count == encode_packet(hk, seq=7, time=TIME, values=HK_VALUES)
     with pytest.raises(ValueError, match=r"sequence counts must lie in 0\.\.16383"):
         encode_packets(hk, seq=[16384], time=TIME, columns=HK_VALUES)
     imu = ingenuity.packets[102]

@@ -1,0 +1,1 @@
+"""Benchmarks and long runs (docs/performance.md, docs/reliability.md): `python -m benchmarks.X`."""
