@@ -1,0 +1,130 @@
+"""Prometheus exposition of the telemetry snapshot and the pipeline's status (ICD section 5).
+
+A custom collector (STYLE habit 7): the pipeline swaps in an immutable `TelemetrySnapshot`
+once per batch, and each scrape builds fresh metric families from it. prometheus_client
+may call `collect()` from several server threads at once, so the collector keeps no
+mutable state; a scrape costs O(series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from groundstation.telemetry import (
+    TELEMETRY_FAMILIES,
+    FamilySamples,
+    FamilySpec,
+    HistogramSamples,
+    TelemetrySnapshot,
+)
+
+__all__ = [
+    "INGEST_QUEUE_DEPTH",
+    "MQTT_CONNECTED",
+    "MQTT_RECONNECTS",
+    "PIPELINE_FAMILIES",
+    "PipelineStatus",
+    "TelemetryCollector",
+]
+
+MQTT_CONNECTED: Final = FamilySpec(
+    name="gs_mqtt_connected",
+    kind="gauge",
+    labels=(),
+    help="1 while the daemon is connected to the MQTT broker, else 0.",
+)
+MQTT_RECONNECTS: Final = FamilySpec(
+    name="gs_mqtt_reconnects_total",
+    kind="counter",
+    labels=(),
+    help="Connections to the MQTT broker made after the first one.",
+)
+INGEST_QUEUE_DEPTH: Final = FamilySpec(
+    name="gs_ingest_queue_depth",
+    kind="gauge",
+    labels=(),
+    help="Envelopes received and waiting for the decode pipeline.",
+)
+PIPELINE_FAMILIES: Final = (MQTT_CONNECTED, MQTT_RECONNECTS, INGEST_QUEUE_DEPTH)
+
+# The `le` spelling Prometheus itself uses ("+Inf", "0.001"); prometheus_client leaves it
+# untyped.
+_bucket_label: Final[Callable[[float], str]] = floatToGoString
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """What the daemon's MQTT and queue side reports at scrape time."""
+
+    mqtt_connected: bool
+    reconnects_total: int
+    queue_depth: int
+
+
+class TelemetryCollector(Collector):
+    """Formats the newest telemetry snapshot and the pipeline status at each scrape."""
+
+    def __init__(
+        self,
+        *,
+        snapshot: Callable[[], TelemetrySnapshot],
+        pipeline: Callable[[], PipelineStatus],
+    ) -> None:
+        self._snapshot = snapshot
+        self._pipeline = pipeline
+
+    def collect(self) -> Iterator[Metric]:
+        # Take each source once: the snapshot is immutable, so one scrape is consistent.
+        snapshot = self._snapshot()
+        status = self._pipeline()
+        for values in snapshot.families:
+            yield _value_family(values)
+        for histogram in snapshot.histograms:
+            yield _histogram_family(histogram)
+        yield _value_family(FamilySamples(MQTT_CONNECTED, (((), float(status.mqtt_connected)),)))
+        yield _value_family(FamilySamples(MQTT_RECONNECTS, (((), float(status.reconnects_total)),)))
+        yield _value_family(FamilySamples(INGEST_QUEUE_DEPTH, (((), float(status.queue_depth)),)))
+
+    def describe(self) -> Iterator[Metric]:
+        """The family names without samples, so registering never calls the sources."""
+        for family in (*TELEMETRY_FAMILIES, *PIPELINE_FAMILIES):
+            if family.kind == "histogram":
+                yield _histogram_family(HistogramSamples(family, ()))
+            else:
+                yield _value_family(FamilySamples(family, ()))
+
+
+def _value_family(values: FamilySamples) -> Metric:
+    spec = values.family
+    metric: GaugeMetricFamily | CounterMetricFamily
+    if spec.kind == "counter":
+        metric = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    else:
+        metric = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+    for labels, value in values.samples:
+        metric.add_metric(labels, value)
+    return metric
+
+
+def _histogram_family(values: HistogramSamples) -> Metric:
+    spec = values.family
+    metric = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+    bounds = [_bucket_label(bound) for bound in spec.buckets]
+    for series in values.series:
+        metric.add_metric(
+            series.labels,
+            buckets=list(zip(bounds, series.cumulative_counts, strict=True)),
+            sum_value=series.sum,
+        )
+    return metric
