@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for the ground station: system services the tests use
-# (Mosquitto, Prometheus, from Debian's packages) and a virtualenv in .venv with the
+# (Mosquitto, Prometheus, plus openssl and systemd-analyze for the deploy tests, from
+# Debian's packages) and a virtualenv in .venv with the
 # project and its test/benchmark extras. Idempotent: skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ have mosquitto || missing+=(mosquitto)
 have mosquitto_sub || missing+=(mosquitto-clients)
 have prometheus || missing+=(prometheus)
 have promtool || missing+=(prometheus)
+have systemd-analyze || missing+=(systemd)
+have openssl || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -7,6 +7,7 @@ integration test is a failure). `scripts/test.sh` installs them from Debian's pa
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import signal
 import socket
@@ -65,16 +66,20 @@ class Mosquitto:
         return f"mqtt://{LOOPBACK}:{self.port}"
 
     def config_text(self) -> str:
-        # Queue limits as in deploy/mosquitto: an offline persistent session keeps a whole
-        # stored-flight playback instead of silently dropping past 1000 messages.
+        # Queue limits as in deploy/mosquitto/mosquitto.conf: an offline persistent session
+        # keeps a whole stored-flight playback instead of silently dropping past 1000
+        # messages (explicit large limits: 0 = "unlimited" has been buggy across 2.0.x).
         return (
             f"listener {self.port} {LOOPBACK}\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
-            "max_queued_messages 0\n"
-            "max_queued_bytes 0\n"
+            "max_queued_messages 1000000\n"
+            "max_queued_bytes 1073741824\n"
             "max_inflight_messages 100\n"
+            # Run as root, Mosquitto drops to user `mosquitto`, which cannot write the
+            # persistence file into a root-owned test directory: stay the current user.
+            f"user {getpass.getuser()}\n"
             "log_dest stdout\n"
             "log_type error\n"
             "log_type warning\n" + self.extra_config

@@ -1,0 +1,289 @@
+"""The raw archive: every payload received, append-only, in arrival order (ICD section 6).
+
+A directory of segment files `segment-NNNNNNNNNN.gsa`, rotated by size. Each starts with a
+magic line; then records, each `>II` (body length, CRC-32 of the body) followed by the body
+`>dBH` (receive time, flags, topic length), the topic (UTF-8) and the payload. Flag bit 0
+marks a valid envelope. A writer never appends to an existing segment, so after a kill -9
+a torn record can only be the last one of a segment; the reader detects it by length or
+CRC, skips the rest of that segment and counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from groundstation.config import ArchiveConfig
+
+logger = logging.getLogger(__name__)
+
+MAGIC: Final = b"GSARCH1\n"
+SEGMENT_PATTERN: Final = re.compile(r"segment-(\d{10})\.gsa")
+_PREFIX: Final = struct.Struct(">II")  # body length, CRC-32 of the body
+_BODY_HEADER: Final = struct.Struct(">dBH")  # receive time, flags, topic length
+FLAG_VALID: Final = 0x01
+# Framing sanity: a length beyond this is corruption, not a record (payloads are limited
+# to ingest.max_payload_bytes, 16 MiB by default, far below).
+MAX_RECORD_BYTES: Final = 1 << 30
+MAX_TOPIC_BYTES: Final = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRecord:
+    """One received MQTT payload, as archived."""
+
+    topic: str
+    received_at: float  # wall clock, UTC seconds since the epoch
+    payload: bytes
+    valid: bool  # the envelope passed unpack_envelope when it arrived
+
+
+def encode_record(record: ArchiveRecord) -> bytes:
+    """The bytes of one record on disk."""
+    topic = record.topic.encode("utf-8", errors="surrogateescape")[:MAX_TOPIC_BYTES]
+    body = b"".join(
+        (
+            _BODY_HEADER.pack(record.received_at, FLAG_VALID if record.valid else 0, len(topic)),
+            topic,
+            record.payload,
+        )
+    )
+    return _PREFIX.pack(len(body), zlib.crc32(body)) + body
+
+
+def segment_name(index: int) -> str:
+    return f"segment-{index:010d}.gsa"
+
+
+def list_segments(directory: Path) -> list[Path]:
+    """Segment files in arrival order."""
+    if not directory.is_dir():
+        return []
+    found = [entry for entry in directory.iterdir() if SEGMENT_PATTERN.fullmatch(entry.name)]
+    return sorted(found, key=_segment_index)
+
+
+def _segment_index(path: Path) -> int:
+    return int(path.name.removeprefix("segment-").removesuffix(".gsa"))
+
+
+class ArchiveWriter:
+    """Appends batches of records to the newest segment; one owner, calls serialised."""
+
+    def __init__(
+        self, config: ArchiveConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._file: BinaryIO | None = None
+        self._segment_bytes = 0
+        self._next_index = 0
+        self._unsynced = False
+        self._last_sync = 0.0
+        # Calls come from worker threads; a shutdown that gave up waiting for an append
+        # (bounded drain) must not close the file under it.
+        self._lock = threading.Lock()
+        self.records_written = 0
+        self.bytes_written = 0
+
+    def __enter__(self) -> ArchiveWriter:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Create the directory and start a fresh segment after the existing ones."""
+        self._config.directory.mkdir(parents=True, exist_ok=True)
+        existing = list_segments(self._config.directory)
+        self._next_index = _segment_index(existing[-1]) + 1 if existing else 1
+        self._last_sync = self._clock()
+        self._start_segment()
+
+    def append(self, records: Sequence[ArchiveRecord]) -> None:
+        """Write `records` in order: on return they are in the kernel (on disk if fsync=always)."""
+        with self._lock:
+            self._append(records)
+
+    def _append(self, records: Sequence[ArchiveRecord]) -> None:
+        if self._file is None:
+            raise RuntimeError("archive writer is not open")
+        chunk = bytearray()
+        for record in records:
+            encoded = encode_record(record)
+            if self._segment_bytes + len(chunk) + len(encoded) > self._config.segment_max_bytes:
+                if chunk:
+                    self._write(chunk)
+                    chunk = bytearray()
+                if self._segment_bytes > len(MAGIC):
+                    self._rotate()
+            chunk += encoded
+        if chunk:
+            self._write(chunk)
+        self.records_written += len(records)
+        self._sync_per_policy()
+
+    def sync_if_due(self) -> None:
+        """For fsync=interval: called when idle, so the last batch does not stay unsynced."""
+        if self._config.fsync == "interval":
+            with self._lock:
+                self._sync_per_policy()
+
+    def close(self) -> None:
+        """Flush to disk and close; always fsyncs, whatever the policy."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        self._sync()
+        self._file.close()
+        self._file = None
+
+    def _write(self, chunk: bytearray) -> None:
+        assert self._file is not None
+        self._file.write(chunk)
+        self._segment_bytes += len(chunk)
+        self.bytes_written += len(chunk)
+        self._unsynced = True
+
+    def _sync_per_policy(self) -> None:
+        policy = self._config.fsync
+        if policy == "always" or (
+            policy == "interval"
+            and self._clock() - self._last_sync >= self._config.fsync_interval_s
+        ):
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._file is None or not self._unsynced:
+            return
+        os.fdatasync(self._file.fileno())
+        self._unsynced = False
+        self._last_sync = self._clock()
+
+    def _rotate(self) -> None:
+        self._close()
+        self._start_segment()
+
+    def _start_segment(self) -> None:
+        path = self._config.directory / segment_name(self._next_index)
+        self._next_index += 1
+        # Unbuffered: each batch is one write() into the kernel, so a kill -9 of the daemon
+        # loses nothing that append() returned for.
+        self._file = path.open("xb", buffering=0)
+        self._file.write(MAGIC)
+        self._segment_bytes = len(MAGIC)
+        self._unsynced = True
+        self._sync()
+        _fsync_directory(self._config.directory)
+        logger.info("archive segment opened", extra={"path": str(path)})
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a new segment's directory entry durable (POSIX needs the directory synced too)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass
+class ReadStats:
+    """What the reader found besides good records: torn or corrupt tails, bad segments."""
+
+    records: int = 0
+    segments: int = 0
+    torn_records: int = 0  # a short or CRC-failing record; the rest of its segment skipped
+    skipped_bytes: int = 0
+    bad_segments: int = 0  # no magic: not ours, or a truncated header
+
+
+class ArchiveReader:
+    """Reads segments in arrival order; never raises on damaged data, counts it in `stats`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.stats = ReadStats()
+
+    def records(self, *, tail_bytes: int | None = None) -> Iterator[ArchiveRecord]:
+        """All records, or those of the newest segments holding at least `tail_bytes`."""
+        segments = list_segments(self.directory)
+        if tail_bytes is not None:
+            segments = _newest_segments(segments, tail_bytes)
+        for path in segments:
+            yield from self._read_segment(path)
+
+    def _read_segment(self, path: Path) -> Iterator[ArchiveRecord]:
+        data = path.read_bytes()
+        self.stats.segments += 1
+        if not data.startswith(MAGIC):
+            self.stats.bad_segments += 1
+            self.stats.skipped_bytes += len(data)
+            logger.warning("archive segment without magic skipped", extra={"path": str(path)})
+            return
+        view = memoryview(data)
+        offset = len(MAGIC)
+        while offset < len(data):
+            record, size = _decode_at(view, offset)
+            if record is None:
+                self.stats.torn_records += 1
+                self.stats.skipped_bytes += len(data) - offset
+                logger.warning(
+                    "archive record torn or corrupt; rest of segment skipped",
+                    extra={"path": str(path), "offset": offset, "bytes": len(data) - offset},
+                )
+                return
+            self.stats.records += 1
+            offset += size
+            yield record
+
+
+def _decode_at(view: memoryview, offset: int) -> tuple[ArchiveRecord | None, int]:
+    end = len(view)
+    if end - offset < _PREFIX.size:
+        return None, 0
+    body_length, crc = _PREFIX.unpack_from(view, offset)
+    start = offset + _PREFIX.size
+    if body_length < _BODY_HEADER.size or body_length > MAX_RECORD_BYTES:
+        return None, 0
+    if start + body_length > end:
+        return None, 0
+    body = view[start : start + body_length]
+    if zlib.crc32(body) != crc:
+        return None, 0
+    received_at, flags, topic_length = _BODY_HEADER.unpack_from(body, 0)
+    topic_end = _BODY_HEADER.size + topic_length
+    if topic_end > body_length:
+        return None, 0
+    topic = bytes(body[_BODY_HEADER.size : topic_end]).decode("utf-8", errors="surrogateescape")
+    record = ArchiveRecord(
+        topic=topic,
+        received_at=received_at,
+        payload=bytes(body[topic_end:]),
+        valid=bool(flags & FLAG_VALID),
+    )
+    return record, _PREFIX.size + body_length
+
+
+def _newest_segments(segments: list[Path], tail_bytes: int) -> list[Path]:
+    chosen: list[Path] = []
+    total = 0
+    for path in reversed(segments):
+        if total >= tail_bytes:
+            break
+        chosen.append(path)
+        total += path.stat().st_size
+    return chosen[::-1]

@@ -1,0 +1,226 @@
+"""The daemon: one task group owning subscriber, decode worker and timers; bounded shutdown.
+
+Start-up: load the packet dictionaries, resume sequence accounting from the archive's tail,
+open the archive, serve /metrics and /healthz, start the embedded broker when no broker is
+configured, subscribe. Shutdown (an event that a signal handler or a test sets): stop
+receiving, drain the decode queue within `ingest.shutdown_timeout_s`, close the archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Final
+from wsgiref.simple_server import WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+
+from groundstation.archive import ArchiveWriter
+from groundstation.broker import embedded_broker
+from groundstation.config import Config
+from groundstation.definitions import load_dictionaries
+from groundstation.metrics import PipelineStatus, TelemetryCollector
+from groundstation.mqtt import Subscriber
+from groundstation.pipeline import (
+    ArchivingSink,
+    Arrival,
+    DecodeWorker,
+    IngestQueue,
+    PipelineProcess,
+)
+from groundstation.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+HEALTHZ_PATH: Final = "/healthz"
+
+# WSGI types, spelled out (wsgiref.types is 3.11+, but its callables are awkward to reuse).
+_StartResponse = Callable[..., object]
+_WsgiApp = Callable[[dict[str, object], _StartResponse], Iterable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What /healthz reports: 200 while subscribed and running, 503 otherwise."""
+
+    ok: bool
+    detail: str
+
+
+class Daemon:
+    """The ground station as an object: `run()` until `shutdown` is set, then exit cleanly."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dictionaries = load_dictionaries()
+        self.shutdown = asyncio.Event()  # set by signal handlers or tests
+        self.ready = asyncio.Event()  # set once /metrics is served and the subscriber runs
+        self.metrics_address: tuple[str, int] | None = None
+        self.registry = CollectorRegistry()
+        self._stop_receiving = asyncio.Event()
+        self._stopping = False
+        self._queue = IngestQueue(
+            max_envelopes=config.ingest.queue_max_envelopes,
+            max_bytes=config.ingest.queue_max_bytes,
+        )
+        self.pipeline = PipelineProcess(
+            archive_dir=config.archive.directory,
+            resume_tail_bytes=config.ingest.resume_scan_bytes,
+            max_payload_bytes=config.ingest.max_payload_bytes,
+            batch_size=config.ingest.batch_max_envelopes,
+        )
+        self.worker = DecodeWorker(
+            self.pipeline,
+            self._queue,
+            initial=Telemetry(self.dictionaries).snapshot(),
+            batch_max_envelopes=config.ingest.batch_max_envelopes,
+            batch_max_bytes=config.ingest.batch_max_bytes,
+        )
+        self.subscriber: Subscriber[list[Arrival]] | None = None
+
+    def status(self) -> PipelineStatus:
+        subscriber = self.subscriber.status if self.subscriber else None
+        return PipelineStatus(
+            mqtt_connected=bool(subscriber and subscriber.connected),
+            reconnects_total=subscriber.reconnects_total if subscriber else 0,
+            queue_depth=self._queue.depth,
+        )
+
+    def health(self) -> Health:
+        if self._stopping:
+            return Health(ok=False, detail="shutting down")
+        if not self.status().mqtt_connected:
+            return Health(ok=False, detail="not connected to the MQTT broker")
+        return Health(ok=True, detail="ok")
+
+    async def run(self) -> None:
+        """Run until `shutdown` is set; returns after the archive is closed."""
+        config = self.config
+        async with AsyncExitStack() as stack:
+            # Before the archive writer starts a new segment: the child reads the tail.
+            stack.callback(self.pipeline.close)
+            resumed = await self.pipeline.start()
+            if resumed:
+                logger.info("sequence accounting resumed from %d archived envelopes", resumed)
+            writer = ArchiveWriter(config.archive)
+            await asyncio.to_thread(writer.open)
+            stack.push_async_callback(asyncio.to_thread, writer.close)
+            sink = ArchivingSink(
+                writer,
+                self._queue,
+                max_payload_bytes=config.ingest.max_payload_bytes,
+                vehicles=self.dictionaries,
+            )
+            self.metrics_address = stack.enter_context(self._serve_http())
+            if config.broker.embedded:
+                await stack.enter_async_context(embedded_broker(port=config.broker.port))
+            subscriber: Subscriber[list[Arrival]] = Subscriber(
+                config.broker,
+                sink,
+                batch_max_messages=config.ingest.batch_max_envelopes,
+                batch_max_bytes=config.ingest.batch_max_bytes,
+            )
+            self.subscriber = subscriber
+            async with asyncio.TaskGroup() as tasks:
+                receiving = tasks.create_task(subscriber.run(self._stop_receiving))
+                decoding = tasks.create_task(self.worker.run())
+                syncing = tasks.create_task(self._sync_archive(sink))
+                self.ready.set()
+                await self.shutdown.wait()
+                await self._drain(receiving, decoding)
+                syncing.cancel()
+        logger.info("ground station stopped; archive closed")
+
+    async def _drain(self, receiving: asyncio.Task[None], decoding: asyncio.Task[None]) -> None:
+        """Stop receiving, decode what is queued, all within shutdown_timeout_s."""
+        self._stopping = True
+        timeout_s = self.config.ingest.shutdown_timeout_s
+        logger.info("shutting down: draining %d queued envelopes", self._queue.depth)
+        self._stop_receiving.set()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.wait([receiving])
+                await self._queue.close()
+                await asyncio.wait([decoding])
+        except TimeoutError:
+            # Everything queued is archived and acknowledged: only its metrics are lost,
+            # and `groundstation replay` still counts it.
+            logger.warning(
+                "shutdown drain exceeded %.1f s; %d archived envelopes left undecoded",
+                timeout_s,
+                self._queue.depth,
+            )
+            receiving.cancel()
+            decoding.cancel()
+        else:
+            logger.info("drained in %.2f s", time.monotonic() - started)
+
+    async def _sync_archive(self, sink: ArchivingSink) -> None:
+        if self.config.archive.fsync != "interval":
+            return
+        while True:
+            await asyncio.sleep(self.config.archive.fsync_interval_s)
+            await sink.sync_if_due()
+
+    @contextlib.contextmanager
+    def _serve_http(self) -> Iterator[tuple[str, int]]:
+        """/metrics (a fresh registry per daemon) and /healthz, in a thread of their own."""
+        self.registry.register(
+            TelemetryCollector(snapshot=lambda: self.worker.latest_snapshot, pipeline=self.status)
+        )
+        ProcessCollector(registry=self.registry)
+        app = _with_healthz(make_wsgi_app(self.registry), self.health)
+        server: WSGIServer = make_server(
+            self.config.metrics.host,
+            self.config.metrics.port,
+            app,
+            ThreadingWSGIServer,
+            handler_class=_SilentHandler,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
+        host, port = server.server_address[:2]
+        logger.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port)
+        try:
+            yield str(host), int(port)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+def _with_healthz(metrics_app: _WsgiApp, health: Callable[[], Health]) -> _WsgiApp:
+    def app(environ: dict[str, object], start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == HEALTHZ_PATH:
+            state = health()
+            status = "200 OK" if state.ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{state.detail}\n".encode()]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+@asynccontextmanager
+async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
+    """The daemon as an async context manager (tests, demo): ready on entry, shut down on exit."""
+    daemon = Daemon(config)
+    task = asyncio.create_task(daemon.run(), name="groundstation-daemon")
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # start-up failed: raise its error
+    try:
+        yield daemon
+    finally:
+        daemon.shutdown.set()
+        await task

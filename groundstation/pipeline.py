@@ -1,0 +1,461 @@
+"""Batch processing shared by live ingest and replay, so that their counts match by construction.
+
+Live: MQTT batch -> `ArchivingSink.store` (validate each payload, append to the archive)
+-> ack -> `IngestQueue` (bounded) -> `DecodeWorker` -> `Pipeline.process` in a child
+process (`PipelineProcess`) -> Telemetry -> snapshot swapped for the metrics collector.
+Replay: archive reader -> `check_payload` -> the same `Pipeline.process`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
+from groundstation.decoder import DecodeResult, PacketDecoder
+from groundstation.definitions import VehicleDictionary, load_dictionaries
+from groundstation.envelope import Envelope, Invalid, unpack_envelope
+from groundstation.mqtt import Delivery
+from groundstation.telemetry import Telemetry, TelemetrySnapshot
+
+logger = logging.getLogger(__name__)
+
+# Rate limit of the bad-input warnings (ICD section 6: logged rate-limited; metrics count all).
+WARNINGS_PER_INTERVAL: Final = 5
+WARNING_INTERVAL_S: Final = 60.0
+PARENT_CHECK_INTERVAL_S: Final = 0.5  # the decoding child exits this soon after its parent
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One archived payload and its verdict, on its way to the decoder."""
+
+    topic: str
+    received_at: float
+    size: int  # payload bytes, for the queue's byte bound
+    envelope: Envelope | Invalid
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One decoder call: a vehicle's valid envelopes of a batch, in arrival order."""
+
+    vehicle: str
+    envelopes: Sequence[Envelope]
+    result: DecodeResult
+
+
+class RateLimitedWarnings:
+    """At most `limit` warnings per key per interval; the rest are counted and summarised."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        limit: int = WARNINGS_PER_INTERVAL,
+        interval_s: float = WARNING_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._limit = limit
+        self._interval_s = interval_s
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, message: str, *args: object, extra: Mapping[str, object]) -> None:
+        now = self._clock()
+        start, count = self._windows.get(key, (now, 0))
+        if now - start >= self._interval_s:
+            if count > self._limit:
+                self._log.warning(
+                    "%d more %s warnings in the last %.0f s were not logged",
+                    count - self._limit,
+                    key,
+                    now - start,
+                    extra={"reason": key},
+                )
+            start, count = now, 0
+        count += 1
+        self._windows[key] = (start, count)
+        if count <= self._limit:
+            self._log.warning(message, *args, extra=dict(extra))
+
+
+class InvalidEnvelopeLog:
+    """The rate-limited warning for each invalid envelope (ICD section 6), with its context."""
+
+    def __init__(self, warnings: RateLimitedWarnings | None = None) -> None:
+        self._warnings = warnings or RateLimitedWarnings(logger)
+
+    def __call__(self, arrival: Arrival) -> None:
+        envelope = arrival.envelope
+        if isinstance(envelope, Invalid):
+            self._warnings.warning(
+                envelope.reason,
+                "invalid envelope on %s: %s %s",
+                arrival.topic,
+                envelope.reason,
+                envelope.detail,
+                extra={
+                    "topic": arrival.topic,
+                    "vehicle": envelope.vehicle,
+                    "reason": envelope.reason,
+                },
+            )
+
+
+def check_payload(
+    topic: str,
+    payload: bytes,
+    received_at: float,
+    *,
+    max_payload_bytes: int,
+    vehicles: Iterable[str],
+) -> Arrival:
+    """Validate one payload (cheap msgpack unpack) into an Arrival; never raises."""
+    envelope = unpack_envelope(
+        payload, max_payload_bytes=max_payload_bytes, vehicles=frozenset(vehicles)
+    )
+    return Arrival(topic=topic, received_at=received_at, size=len(payload), envelope=envelope)
+
+
+class Pipeline:
+    """Decodes batches of arrivals into Telemetry; not thread-safe, one worker at a time."""
+
+    def __init__(
+        self,
+        dictionaries: Mapping[str, VehicleDictionary],
+        *,
+        telemetry: Telemetry,
+        decoders: Mapping[str, PacketDecoder] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.telemetry = telemetry
+        self.decoders: Mapping[str, PacketDecoder] = decoders or {
+            vehicle: PacketDecoder(dictionary) for vehicle, dictionary in dictionaries.items()
+        }
+        self._clock = clock
+
+    def process(self, batch: Sequence[Arrival]) -> list[Decoded]:
+        """Apply one batch in arrival order: envelopes counted, packets decoded per vehicle."""
+        by_vehicle: dict[str, list[Envelope]] = {}
+        for arrival in batch:
+            envelope = arrival.envelope
+            if isinstance(envelope, Invalid):
+                self.telemetry.record_invalid(vehicle=envelope.vehicle)
+                continue
+            self.telemetry.record_envelope(
+                relay=envelope.relay,
+                vehicle=envelope.vehicle,
+                seq=envelope.seq,
+                received_at=arrival.received_at,
+            )
+            by_vehicle.setdefault(envelope.vehicle, []).append(envelope)
+        decoded: list[Decoded] = []
+        for vehicle, envelopes in by_vehicle.items():
+            started = self._clock()
+            result = self.decoders[vehicle].decode([envelope.packets for envelope in envelopes])
+            ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
+            self.telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
+            self.telemetry.record_decode_seconds(self._clock() - started, envelopes=len(envelopes))
+            decoded.append(Decoded(vehicle=vehicle, envelopes=envelopes, result=result))
+        return decoded
+
+
+def archived_arrivals(
+    records: Iterable[ArchiveRecord], *, max_payload_bytes: int, vehicles: Iterable[str]
+) -> Iterator[Arrival]:
+    """Archive records re-validated exactly as they were on arrival."""
+    names = frozenset(vehicles)
+    for record in records:
+        yield check_payload(
+            record.topic,
+            record.payload,
+            record.received_at,
+            max_payload_bytes=max_payload_bytes,
+            vehicles=names,
+        )
+
+
+def batched(items: Iterable[Arrival], size: int) -> Iterator[list[Arrival]]:
+    batch: list[Arrival] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def resume_sequences(
+    decoders: Mapping[str, PacketDecoder],
+    reader: ArchiveReader,
+    *,
+    tail_bytes: int,
+    max_payload_bytes: int,
+    batch_size: int,
+) -> int:
+    """Feed the archive's tail through the decoders (no metrics): returns envelopes seen.
+
+    The decoders' sequence windows live in memory only; after a restart, packets that the
+    broker redelivers (we archived them, the ack was lost) must still count as duplicates.
+    """
+    envelopes = 0
+    arrivals = archived_arrivals(
+        reader.records(tail_bytes=tail_bytes),
+        max_payload_bytes=max_payload_bytes,
+        vehicles=decoders,
+    )
+    for batch in batched(arrivals, batch_size):
+        by_vehicle: dict[str, list[bytes]] = {}
+        for arrival in batch:
+            if isinstance(arrival.envelope, Envelope):
+                by_vehicle.setdefault(arrival.envelope.vehicle, []).append(arrival.envelope.packets)
+        for vehicle, buffers in by_vehicle.items():
+            decoders[vehicle].decode(buffers)
+            envelopes += len(buffers)
+    return envelopes
+
+
+class ArchivingSink:
+    """The subscriber's sink: validate and archive (before the ack), then queue for decoding."""
+
+    def __init__(
+        self,
+        writer: ArchiveWriter,
+        queue: IngestQueue,
+        *,
+        max_payload_bytes: int,
+        vehicles: Iterable[str],
+    ) -> None:
+        self._writer = writer
+        self._queue = queue
+        self._max_payload_bytes = max_payload_bytes
+        self._vehicles = frozenset(vehicles)
+        self._log_invalid = InvalidEnvelopeLog()
+        self.lock = asyncio.Lock()  # one archive call at a time (store, periodic fsync)
+
+    async def store(self, batch: list[Delivery]) -> list[Arrival]:
+        async with self.lock:
+            return await asyncio.to_thread(self._check_and_archive, batch)
+
+    async def forward(self, stored: list[Arrival]) -> None:
+        await self._queue.put(stored)
+
+    async def sync_if_due(self) -> None:
+        async with self.lock:
+            await asyncio.to_thread(self._writer.sync_if_due)
+
+    def _check_and_archive(self, batch: Sequence[Delivery]) -> list[Arrival]:
+        arrivals = [
+            check_payload(
+                delivery.topic,
+                delivery.payload,
+                delivery.received_at,
+                max_payload_bytes=self._max_payload_bytes,
+                vehicles=self._vehicles,
+            )
+            for delivery in batch
+        ]
+        self._writer.append(
+            [
+                ArchiveRecord(
+                    topic=delivery.topic,
+                    received_at=delivery.received_at,
+                    payload=delivery.payload,
+                    valid=isinstance(arrival.envelope, Envelope),
+                )
+                for delivery, arrival in zip(batch, arrivals, strict=True)
+            ]
+        )
+        for arrival in arrivals:
+            self._log_invalid(arrival)
+        return arrivals
+
+
+class IngestQueue:
+    """Archived arrivals waiting for the decoder, bounded in envelopes and in bytes."""
+
+    def __init__(self, *, max_envelopes: int, max_bytes: int) -> None:
+        self._max_envelopes = max_envelopes
+        self._max_bytes = max_bytes
+        self._items: deque[Arrival] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._changed = asyncio.Condition()
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    async def put(self, arrivals: Sequence[Arrival]) -> None:
+        """Wait for room (an empty queue always takes one batch), then enqueue all of them."""
+        size = sum(arrival.size for arrival in arrivals)
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: (
+                    not self._items
+                    or (
+                        len(self._items) + len(arrivals) <= self._max_envelopes
+                        and self._bytes + size <= self._max_bytes
+                    )
+                )
+            )
+            self._items.extend(arrivals)
+            self._bytes += size
+            self._changed.notify_all()
+
+    async def take(self, max_envelopes: int, max_bytes: int) -> list[Arrival]:
+        """Up to `max_envelopes` and `max_bytes` (at least one), waiting for one; [] when done."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items) or self._closed)
+            taken: list[Arrival] = []
+            size = 0
+            while self._items and len(taken) < max_envelopes:
+                if taken and size + self._items[0].size > max_bytes:
+                    break
+                taken.append(self._items.popleft())
+                size += taken[-1].size
+            self._bytes -= size
+            self._changed.notify_all()
+            return taken
+
+    async def close(self) -> None:
+        """No more puts: `take` returns what is left, then []."""
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+class PipelineProcess:
+    """The Pipeline and its Telemetry in a child process, so decoding has a core of its own.
+
+    Receiving, archiving and acknowledging are Python work on the event loop; decoding is
+    numpy work with many short Python steps between. In one process the two fight for the
+    GIL, and each hand-over can wait for the 5 ms switch interval: on this 2-core machine
+    that cut end-to-end throughput to about a sixth. A child process makes them parallel;
+    the price is pickling each batch there (memory speed) and a snapshot back (a few kB).
+    """
+
+    def __init__(
+        self,
+        *,
+        archive_dir: Path,
+        resume_tail_bytes: int,
+        max_payload_bytes: int,
+        batch_size: int,
+    ) -> None:
+        self._init_args = (archive_dir, resume_tail_bytes, max_payload_bytes, batch_size)
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> int:
+        """Spawn the child and resume its sequence accounting; returns envelopes resumed."""
+        # spawn, not fork: the parent has threads (HTTP server, executor) by now.
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_start,
+            initargs=self._init_args,
+        )
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _child_resumed)
+
+    async def process(self, batch: list[Arrival]) -> TelemetrySnapshot:
+        """Apply one batch in the child; the snapshot taken right after it."""
+        if self._pool is None:
+            raise RuntimeError("pipeline process not started")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _child_process, batch)
+
+    def close(self) -> None:
+        """Wait for the batch in progress (bounded by the drain timeout's caller), then stop."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_child_pipeline: Pipeline | None = None
+_child_resumed_envelopes = 0
+
+
+def _child_start(
+    archive_dir: Path, resume_tail_bytes: int, max_payload_bytes: int, batch_size: int
+) -> None:
+    global _child_pipeline, _child_resumed_envelopes  # noqa: PLW0603 - one pipeline per child
+    # Ctrl-C reaches the whole process group, and systemd's default KillMode SIGTERMs the
+    # whole cgroup: the parent alone decides when the child stops (it drains first).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A spawned pool worker holds both ends of its call queue's pipe, so it never sees EOF
+    # when the parent dies (kill -9): it would wait forever. Watch the parent instead.
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+    ).start()
+    dictionaries = load_dictionaries()
+    decoders = {vehicle: PacketDecoder(d) for vehicle, d in dictionaries.items()}
+    _child_resumed_envelopes = resume_sequences(
+        decoders,
+        ArchiveReader(archive_dir),
+        tail_bytes=resume_tail_bytes,
+        max_payload_bytes=max_payload_bytes,
+        batch_size=batch_size,
+    )
+    _child_pipeline = Pipeline(dictionaries, telemetry=Telemetry(dictionaries), decoders=decoders)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_INTERVAL_S)
+    os._exit(1)
+
+
+def _child_resumed() -> int:
+    return _child_resumed_envelopes
+
+
+def _child_process(batch: list[Arrival]) -> TelemetrySnapshot:
+    if _child_pipeline is None:
+        raise RuntimeError("pipeline child not initialised")
+    _child_pipeline.process(batch)
+    return _child_pipeline.telemetry.snapshot()
+
+
+class DecodeWorker:
+    """Takes batches off the queue and has the PipelineProcess apply them, one at a time."""
+
+    def __init__(
+        self,
+        pipeline: PipelineProcess,
+        queue: IngestQueue,
+        *,
+        initial: TelemetrySnapshot,
+        batch_max_envelopes: int,
+        batch_max_bytes: int,
+    ) -> None:
+        self._pipeline = pipeline
+        self._queue = queue
+        self._batch_max_envelopes = batch_max_envelopes
+        self._batch_max_bytes = batch_max_bytes
+        self.latest_snapshot = initial  # swapped whole; the collector reads it (STYLE 7)
+        self.envelopes_processed = 0
+        self.progress = asyncio.Condition()  # notified after each batch; tests wait on it
+
+    async def run(self) -> None:
+        """Until the queue is closed and drained."""
+        while batch := await self._queue.take(self._batch_max_envelopes, self._batch_max_bytes):
+            self.latest_snapshot = await self._pipeline.process(batch)
+            async with self.progress:
+                self.envelopes_processed += len(batch)
+                self.progress.notify_all()

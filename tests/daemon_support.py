@@ -1,0 +1,210 @@
+"""Daemon test helpers: hand-packed envelopes, publishing, scraping, a subprocess daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import msgpack
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from groundstation.config import Config, Overrides, load_config
+from groundstation.daemon import Daemon
+from tests.icd_packets import HELI_HK, hand_pack
+from tests.services import LOOPBACK, Mosquitto, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+HK_PER_ENVELOPE = 3
+HK_BATTERY_VOLTAGE_V = 7.5
+
+
+def hk_packet(seq: int, *, coarse: int = 800_000_000) -> bytes:
+    """HELI_HK in FLIGHT at 7.5 V, hand-packed from the ICD table (mV, cA, %, dBm, c°C)."""
+    body = HELI_HK.pack(3, 0, 7500, 100, 80, -60, 2000, 2500, 2537, 2537)
+    return hand_pack(100, seq % 16384, body, coarse=coarse + seq)
+
+
+def envelope(seq: int, *, vehicle: str = "ingenuity", packets: bytes | None = None) -> bytes:
+    """An ICD section 2 envelope packed with msgpack directly (not our pack_envelope)."""
+    if packets is None:
+        packets = b"".join(hk_packet(seq * HK_PER_ENVELOPE + k) for k in range(HK_PER_ENVELOPE))
+    document = {
+        "v": 1,
+        "relay": "perseverance",
+        "vehicle": vehicle,
+        "seq": seq,
+        "ert": 1.7e9 + seq,
+        "packets": packets,
+    }
+    payload: bytes = msgpack.packb(document, use_bin_type=True)
+    return payload
+
+
+def daemon_config(broker: Mosquitto, tmp_path: Path, *, client_id: str = "gs-test") -> Config:
+    """A config for one test: its broker, its archive, any free metrics port."""
+    return load_config(
+        None,
+        env={},
+        overrides=Overrides(
+            broker_url=broker.url,
+            metrics_addr=f"{LOOPBACK}:0",
+            archive_dir=tmp_path / "archive",
+            client_id=client_id,
+        ),
+    )
+
+
+async def publish(port: int, payloads: Iterable[bytes], *, topic: str = "mars/tm/ingenuity") -> int:
+    """Publish at QoS 1 and wait for each PUBACK; returns how many were sent."""
+    sent = 0
+    async with aiomqtt.Client(LOOPBACK, port, identifier=f"publisher-{os.getpid()}") as client:
+        for payload in payloads:
+            await client.publish(topic, payload, qos=1)
+            sent += 1
+    return sent
+
+
+async def processed(daemon: Daemon, envelopes: int) -> None:
+    """Wait until the decode worker has applied `envelopes` arrivals."""
+    worker = daemon.worker
+    async with worker.progress:
+        await worker.progress.wait_for(lambda: worker.envelopes_processed >= envelopes)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Samples keyed `name{label="value",…}` with sorted labels, as replay's summary keys them."""
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            rendered = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{rendered}}}"] = sample.value
+    return samples
+
+
+async def scrape(address: tuple[str, int] | None) -> dict[str, float]:
+    assert address is not None
+    status, text = await asyncio.to_thread(get, f"http://{address[0]}:{address[1]}/metrics")
+    assert status == 200
+    return parse_metrics(text)
+
+
+def counters(samples: dict[str, float]) -> dict[str, float]:
+    """The telemetry counters, which replay reproduces (gs_mqtt_* is about the live link)."""
+    return {
+        key: value
+        for key, value in samples.items()
+        if key.startswith("gs_")
+        and not key.startswith("gs_mqtt_")
+        and key.split("{")[0].endswith("_total")
+    }
+
+
+def replay_summary(archive: Path) -> dict[str, Any]:
+    """`groundstation replay --format summary` as a subprocess, parsed."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "groundstation", "replay", str(archive), "--format", "summary"],
+        capture_output=True,
+        check=False,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    summary: dict[str, Any] = json.loads(completed.stdout)
+    return summary
+
+
+@dataclass
+class DaemonProcess:
+    """`python -m groundstation run` as a subprocess, for signal and crash tests."""
+
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port}{path}"
+
+    def wait_healthy(self, timeout_s: float = 20.0) -> None:
+        """Until /healthz says 200 (subscribed), or fail with the daemon's log."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"daemon exited with {self.process.returncode}:\n{self.output()}")
+            with contextlib.suppress(OSError):
+                if get(self.url("/healthz"))[0] == 200:
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"daemon not healthy within {timeout_s} s:\n{self.output()}")
+
+    def metrics(self) -> dict[str, float]:
+        status, text = get(self.url("/metrics"))
+        assert status == 200
+        return parse_metrics(text)
+
+    def stop(self, signum: signal.Signals, *, timeout_s: float = 30.0) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=timeout_s)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def daemon_process(
+    broker: Mosquitto, archive: Path, *, extra_args: Sequence[str] = ()
+) -> Iterator[DaemonProcess]:
+    """A healthy daemon subprocess; killed on exit if the test did not stop it."""
+    port = free_port()
+    log = archive.parent / f"daemon-{port}.log"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "groundstation",
+                "run",
+                "--broker",
+                broker.url,
+                "--metrics-addr",
+                f"{LOOPBACK}:{port}",
+                "--archive-dir",
+                str(archive),
+                "--client-id",
+                "gs-process-test",
+                *extra_args,
+            ],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    daemon = DaemonProcess(process=process, metrics_port=port, log=log)
+    try:
+        daemon.wait_healthy()
+        yield daemon
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,203 @@
+"""The daemon in-process against a real Mosquitto: ingest, archive, metrics, sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from groundstation.archive import ArchiveReader
+from groundstation.cli.replay import replay
+from groundstation.config import Overrides, load_config
+from groundstation.daemon import running_daemon
+from tests.daemon_support import (
+    HK_BATTERY_VOLTAGE_V,
+    HK_PER_ENVELOPE,
+    counters,
+    daemon_config,
+    envelope,
+    get,
+    processed,
+    publish,
+    scrape,
+)
+from tests.services import LOOPBACK, Mosquitto, free_port
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.mark.asyncio
+async def test_envelopes_reach_archive_and_metrics(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Good and bad payloads: everything archived, counted, and replay agrees.
+
+    1. start the daemon against Mosquitto; /healthz is 200 once subscribed;
+    2. publish 20 valid HELI_HK envelopes, one garbage payload and one unknown vehicle;
+    3. wait until the worker has applied all 22;
+    4. /metrics shows 20 ok and 2 invalid envelopes, 60 ok packets and the HK values;
+    5. the archive holds 22 records, 2 marked invalid; replaying it gives the same counters.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+        assert daemon.metrics_address is not None
+        host, port = daemon.metrics_address
+        status, body = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
+        assert (status, body) == (200, "ok\n")
+        payloads = [envelope(seq) for seq in range(20)]
+        payloads += [b"\xc1 garbage", envelope(20, vehicle="voyager")]
+        await publish(mosquitto.port, payloads)
+        await processed(daemon, len(payloads))
+        metrics = await scrape(daemon.metrics_address)
+    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 20
+    assert metrics['gs_envelopes_total{result="invalid",vehicle="unknown"}'] == 2
+    assert metrics['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == 60
+    assert metrics['gs_battery_voltage_volts{vehicle="ingenuity"}'] == HK_BATTERY_VOLTAGE_V
+    assert metrics["gs_mqtt_connected{}"] == 1
+    assert metrics["gs_ingest_queue_depth{}"] == 0
+
+    records = list(ArchiveReader(config.archive.directory).records())
+    assert len(records) == 22
+    assert [record.valid for record in records].count(False) == 2
+    assert {record.topic for record in records} == {"mars/tm/ingenuity"}
+    summary = replay(config.archive.directory, max_payload_bytes=2**24, batch_size=7)
+    assert summary["counters"] == counters(metrics)
+
+
+@pytest.mark.asyncio
+async def test_broker_keeps_the_session_while_the_daemon_is_down(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Persistent session: what is published while the daemon is stopped arrives afterwards.
+
+    1. run the daemon once so the broker records the session and subscription, stop it;
+    2. publish 30 envelopes with no daemon running;
+    3. start the daemon with the same client id: it receives all 30, none lost.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+    await publish(mosquitto.port, [envelope(seq) for seq in range(30)])
+    async with running_daemon(config) as daemon:
+        await processed(daemon, 30)
+        metrics = await scrape(daemon.metrics_address)
+    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 30
+    assert metrics['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == 90
+    assert metrics['gs_envelopes_lost_total{vehicle="ingenuity"}'] == 0
+
+
+@pytest.mark.asyncio
+async def test_reconnects_after_the_broker_restarts(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Broker outage: the daemon reports it, reconnects by itself and carries on.
+
+    1. start the daemon; 2. stop Mosquitto: gs_mqtt_connected goes to 0, /healthz to 503;
+    3. start Mosquitto again on the same port: the daemon reconnects (reconnects_total 1);
+    4. an envelope published now is ingested.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    async with running_daemon(config) as daemon:
+        subscriber = daemon.subscriber
+        assert subscriber is not None
+        await subscriber.connected_event.wait()
+        mosquitto.stop()
+        while subscriber.status.connected:  # noqa: ASYNC110 - paho reports the loss by polling
+            await asyncio.sleep(0.02)
+        assert daemon.metrics_address is not None
+        host, port = daemon.metrics_address
+        status, _ = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
+        assert status == 503
+        assert (await scrape(daemon.metrics_address))["gs_mqtt_connected{}"] == 0
+        mosquitto.start()
+        await subscriber.connected_event.wait()
+        await publish(mosquitto.port, [envelope(0)])
+        await processed(daemon, 1)
+        metrics = await scrape(daemon.metrics_address)
+    assert metrics["gs_mqtt_reconnects_total{}"] == 1
+    assert metrics["gs_mqtt_connected{}"] == 1
+    assert (
+        metrics['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == HK_PER_ENVELOPE
+    )
+
+
+@pytest.mark.asyncio
+async def test_restart_resumes_sequences_from_the_archive(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A redelivered envelope after a restart counts as duplicate, not as new data.
+
+    1. run the daemon and ingest envelopes 0-9; stop it;
+    2. publish envelope 9 again (as the broker would redeliver an unacknowledged one);
+    3. the restarted daemon has rebuilt sequence state from the archive's tail, so its
+       3 packets count as duplicate; replay of the whole archive says the same.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+        await publish(mosquitto.port, [envelope(seq) for seq in range(10)])
+        await processed(daemon, 10)
+    await publish(mosquitto.port, [envelope(9)])
+    async with running_daemon(config) as daemon:
+        await processed(daemon, 1)
+        metrics = await scrape(daemon.metrics_address)
+    duplicate = 'gs_packets_total{apid="100",result="duplicate",vehicle="ingenuity"}'
+    assert metrics[duplicate] == HK_PER_ENVELOPE
+    assert metrics['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == 0
+    summary = replay(config.archive.directory, max_payload_bytes=2**24, batch_size=100)
+    assert summary["counters"][duplicate] == HK_PER_ENVELOPE
+    assert summary["counters"]['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == 30
+
+
+@pytest.mark.asyncio
+async def test_without_a_broker_the_embedded_one_is_used(tmp_path: Path) -> None:
+    """No broker configured: the daemon runs amqtt on loopback and subscribes to it.
+
+    1. a config with no host: embedded, MQTT 3.1.1, on a free loopback port;
+    2. the daemon starts amqtt and subscribes; 3. an envelope published to that port
+       is ingested and counted.
+    """
+    config = load_config(
+        None,
+        env={},
+        overrides=Overrides(metrics_addr=f"{LOOPBACK}:0", archive_dir=tmp_path / "archive"),
+    )
+    config = dataclasses.replace(
+        config, broker=dataclasses.replace(config.broker, port=free_port())
+    )
+    assert config.broker.embedded
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+        await publish(config.broker.port, [envelope(0)])
+        await processed(daemon, 1)
+        metrics = await scrape(daemon.metrics_address)
+    assert (
+        metrics['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == HK_PER_ENVELOPE
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_backlog_stays_bounded_in_the_daemon(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Mosquitto sends a resumed session's whole backlog at once; the daemon holds 20.
+
+    1. run the daemon once (Receive Maximum 20) so the session exists, stop it;
+    2. publish 300 envelopes while it is down;
+    3. restart: the subscriber stops reading the socket at 20 queued messages and resumes
+       as it drains them, so aiomqtt's queue never holds more than 20;
+    4. all 300 envelopes are ingested.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config, broker=dataclasses.replace(config.broker, receive_maximum=20)
+    )
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+    await publish(mosquitto.port, [envelope(seq) for seq in range(300)])
+    async with running_daemon(config) as daemon:
+        await processed(daemon, 300)
+        subscriber = daemon.subscriber
+        assert subscriber is not None
+        metrics = await scrape(daemon.metrics_address)
+    assert 0 < subscriber.inbox_peak <= 20
+    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 300

@@ -1,0 +1,192 @@
+"""The pipeline without a broker: validation, batching, sequence resume, the bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
+from groundstation.cli.replay import counter_samples, packet_records
+from groundstation.config import ArchiveConfig
+from groundstation.decoder import PacketDecoder
+from groundstation.definitions import load_dictionaries
+from groundstation.envelope import Envelope, Invalid
+from groundstation.mqtt import backoff_delay_s
+from groundstation.pipeline import (
+    Arrival,
+    IngestQueue,
+    Pipeline,
+    RateLimitedWarnings,
+    archived_arrivals,
+    batched,
+    check_payload,
+    resume_sequences,
+)
+from groundstation.telemetry import Telemetry
+from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
+
+DICTIONARIES = load_dictionaries()
+OK = 'gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'
+DUPLICATE = 'gs_packets_total{apid="100",result="duplicate",vehicle="ingenuity"}'
+
+
+def arrival(payload: bytes, *, received_at: float = 1.7e9) -> Arrival:
+    return check_payload(
+        "mars/tm/ingenuity",
+        payload,
+        received_at,
+        max_payload_bytes=1 << 20,
+        vehicles=DICTIONARIES,
+    )
+
+
+def new_pipeline() -> Pipeline:
+    return Pipeline(DICTIONARIES, telemetry=Telemetry(DICTIONARIES))
+
+
+def test_check_payload_marks_valid_and_invalid() -> None:
+    good = arrival(envelope(7))
+    assert isinstance(good.envelope, Envelope)
+    assert good.envelope.seq == 7
+    assert good.size == len(envelope(7))
+    bad = arrival(b"\x00not msgpack")
+    assert isinstance(bad.envelope, Invalid)
+    assert bad.envelope.reason == "not_msgpack"
+
+
+def test_counts_do_not_depend_on_batching() -> None:
+    """Live batches depend on timing; replay's on a setting: the counts must not."""
+    payloads = [envelope(seq) for seq in range(40)] + [envelope(5), b"junk"]
+    payloads += [envelope(seq, vehicle="perseverance", packets=hk_packet(seq)) for seq in range(3)]
+    results = []
+    for size in (1, 7, 1000):
+        pipeline = new_pipeline()
+        for batch in batched((arrival(p) for p in payloads), size):
+            pipeline.process(batch)
+        results.append(counter_samples(pipeline.telemetry.snapshot()))
+    assert results[0] == results[1] == results[2]
+    assert results[0][OK] == 40 * HK_PER_ENVELOPE
+    assert results[0][DUPLICATE] == HK_PER_ENVELOPE
+    assert results[0]['gs_envelopes_total{result="invalid",vehicle="unknown"}'] == 1
+
+
+def test_process_reports_each_vehicle_decode() -> None:
+    pipeline = new_pipeline()
+    decoded = pipeline.process([arrival(envelope(0)), arrival(envelope(1)), arrival(b"junk")])
+    assert [d.vehicle for d in decoded] == ["ingenuity"]
+    assert [e.seq for e in decoded[0].envelopes] == [0, 1]
+    records = list(packet_records(decoded[0], DICTIONARIES["ingenuity"]))
+    assert len(records) == 2 * HK_PER_ENVELOPE
+    assert [r["envelope_seq"] for r in records] == [0, 0, 0, 1, 1, 1]
+    assert {r["result"] for r in records} == {"ok"}
+    assert records[0]["apid"] == 100
+    assert records[0]["name"] == "HELI_HK"
+    assert records[0]["vehicle"] == "ingenuity"
+    assert records[0]["fields"]["battery_voltage"] == pytest.approx(7.5)
+
+
+def test_resume_sequences_makes_redelivery_a_duplicate(tmp_path: Path) -> None:
+    """Restart: the archive's tail rebuilds the decoders' sequence windows, nothing counted."""
+    with ArchiveWriter(ArchiveConfig(directory=tmp_path)) as writer:
+        writer.append(
+            [
+                ArchiveRecord("mars/tm/ingenuity", 1.7e9, envelope(seq), valid=True)
+                for seq in range(5)
+            ]
+        )
+    decoders = {vehicle: PacketDecoder(d) for vehicle, d in DICTIONARIES.items()}
+    resumed = resume_sequences(
+        decoders,
+        ArchiveReader(tmp_path),
+        tail_bytes=1 << 20,
+        max_payload_bytes=1 << 20,
+        batch_size=2,
+    )
+    assert resumed == 5
+    pipeline = Pipeline(DICTIONARIES, telemetry=Telemetry(DICTIONARIES), decoders=decoders)
+    pipeline.process([arrival(envelope(4)), arrival(envelope(5))])
+    counts = counter_samples(pipeline.telemetry.snapshot())
+    assert counts[DUPLICATE] == HK_PER_ENVELOPE
+    assert counts[OK] == HK_PER_ENVELOPE
+
+
+def test_archived_arrivals_revalidate_like_live(tmp_path: Path) -> None:
+    records = [
+        ArchiveRecord("mars/tm/ingenuity", 1.0, envelope(1), valid=True),
+        ArchiveRecord("mars/tm/ingenuity", 2.0, b"junk", valid=False),
+    ]
+    arrivals = list(archived_arrivals(records, max_payload_bytes=1 << 20, vehicles=DICTIONARIES))
+    assert [isinstance(a.envelope, Envelope) for a in arrivals] == [True, False]
+    assert [a.received_at for a in arrivals] == [1.0, 2.0]
+
+
+def test_rate_limited_warnings_summarise_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    warnings = RateLimitedWarnings(
+        logging.getLogger("test.ratelimit"), limit=2, interval_s=10.0, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.WARNING, logger="test.ratelimit"):
+        for _ in range(5):
+            warnings.warning("bad_seq", "bad %s", "seq", extra={"reason": "bad_seq"})
+        warnings.warning("not_msgpack", "other key", extra={})
+        now[0] = 11.0
+        warnings.warning("bad_seq", "bad %s", "seq", extra={"reason": "bad_seq"})
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("bad seq") == 3
+    assert "other key" in messages
+    assert "3 more bad_seq warnings in the last 11 s were not logged" in messages
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay_s(n, minimum_s=0.5, maximum_s=30, rng=rng) for n in range(12)]
+    caps = [min(30.0, 0.5 * 2**n) for n in range(12)]
+    assert all(cap / 2 <= delay <= cap for delay, cap in zip(delays, caps, strict=True))
+    assert max(delays) <= 30
+    assert len(set(delays)) == len(delays)  # jittered
+
+
+@pytest.mark.asyncio
+async def test_ingest_queue_is_bounded_and_blocks_the_producer() -> None:
+    """A full queue makes `put` wait: the subscriber stops taking (and acking) batches."""
+    queue = IngestQueue(max_envelopes=4, max_bytes=1 << 20)
+    items = [arrival(envelope(seq)) for seq in range(6)]
+    await queue.put(items[:3])
+    blocked = asyncio.create_task(queue.put(items[3:]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    assert queue.depth == 3
+    assert await queue.take(2, 1 << 20) == items[:2]
+    await blocked
+    assert queue.depth == 4
+    await queue.close()
+    assert await queue.take(10, 1 << 20) == items[2:]
+    assert await queue.take(10, 1 << 20) == []
+
+
+@pytest.mark.asyncio
+async def test_ingest_queue_counts_bytes_and_takes_an_oversized_batch_when_empty() -> None:
+    queue = IngestQueue(max_envelopes=100, max_bytes=1024)
+    big = [arrival(b"x" * 2000)]
+    await queue.put(big)  # larger than the byte bound, but the queue was empty
+    blocked = asyncio.create_task(queue.put([arrival(b"y")]))
+    await asyncio.sleep(0)
+    assert not blocked.done()
+    assert await queue.take(10, 1 << 20) == big
+    await blocked
+    assert queue.depth == 1
+
+
+@pytest.mark.asyncio
+async def test_ingest_queue_take_is_bounded_in_bytes_but_takes_at_least_one() -> None:
+    queue = IngestQueue(max_envelopes=100, max_bytes=1 << 20)
+    items = [arrival(b"x" * 1000) for _ in range(5)]
+    await queue.put(items)
+    assert await queue.take(10, 2500) == items[:2]
+    assert await queue.take(10, 10) == items[2:3]  # one, even over the bound
+    assert queue.depth == 2
