@@ -569,14 +569,25 @@ class _VibrationWindow:
         for axis in ("ax", "ay", "az"):
             _field(packet, axis)
         self._offsets = np.arange(packet.samples) * (packet.sample_interval_s or 0.0)
+        self._packets_kept = MAX_VIBRATION_SAMPLES // packet.samples + 1
         self._times = np.empty(0, dtype=np.float64)
         self._accel = np.empty((0, 3), dtype=np.float64)
 
     def update(self, imu: ApidColumns) -> None:
         if not imu.time.size:
             return
-        times = (imu.time[:, np.newaxis] + self._offsets).ravel()
-        accel = np.stack([imu.fields[axis].reshape(-1) for axis in ("ax", "ay", "az")], axis=1)
+        # Only packets that can hold a sample of the newest window matter: pick them by
+        # packet time first (O(n)), so a burst of a whole flight expands a second of samples,
+        # not all of them.
+        horizon = float(imu.time.max()) - VIBRATION_WINDOW_S - float(self._offsets[-1])
+        recent = np.flatnonzero(imu.time > horizon)
+        if recent.size > self._packets_kept:
+            newest = np.argpartition(imu.time[recent], -self._packets_kept)
+            recent = recent[newest[-self._packets_kept :]]
+        times = (imu.time[recent, np.newaxis] + self._offsets).ravel()
+        accel = np.stack(
+            [imu.fields[axis][recent].reshape(-1) for axis in ("ax", "ay", "az")], axis=1
+        )
         times = np.concatenate((self._times, times))
         accel = np.concatenate((self._accel, accel.astype(np.float64)))
         keep = np.flatnonzero(times > times.max() - VIBRATION_WINDOW_S)
