@@ -1,0 +1,1 @@
+"""Hostile-input corpus and the atheris fuzz target (docs/reliability.md, item 7)."""
