@@ -63,7 +63,9 @@ FAULTS: Final[dict[FaultKind, float]] = {
 }
 # Alerts a faulty but otherwise healthy flight may raise: the injected faults, nothing from
 # the vehicle's health (a health alert here means a threshold disagrees with the simulator).
-FAULT_ALERTS: Final = frozenset({"InvalidEnvelopes", "PacketLossHigh", "PacketCrcErrors"})
+FAULT_ALERTS: Final = frozenset(
+    {"InvalidEnvelopes", "EnvelopesLost", "PacketLossHigh", "PacketCrcErrors"}
+)
 _SELECTOR: Final = re.compile(r"(?<![\w:$])(gs_\w+|[a-z_]+:[\w:]+|up(?=\{))(\{[^}]*\})?")
 
 
