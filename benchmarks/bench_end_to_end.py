@@ -10,7 +10,8 @@ subscriber is preloaded with N messages, then the subscriber drains it:
 - the daemon: `python -m groundstation run` (fsync policy as configured, default
   `always`), timed from /healthz turning 200 until gs_envelopes_total says N decoded,
   while /metrics is scraped every 50 ms (its latency during the burst is reported) and
-  the daemon's peak RSS (VmHWM) is read at the end. The preloaded backlog is many times
+  the daemon's peak RSS (VmHWM) and the CPU shares of its parent and decoding child
+  (which one limits) are read at the end. The preloaded backlog is many times
   what the daemon decodes per second (the overload case): its memory stays bounded by
   the broker's in-flight window plus the ingest queue, whatever the backlog.
 
@@ -179,6 +180,17 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of the process, and the sum over its children."""
+    return _cpu(pid), sum(_cpu(child) for child in _children(pid))
+
+
+def _cpu(pid: int) -> float:
+    # /proc/PID/stat fields 14 and 15 (utime, stime) in clock ticks; the name may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -213,6 +225,7 @@ def bench_daemon(broker: Mosquitto, stream: Stream, client_id: str, workdir: Pat
     process = subprocess.Popen(daemon_command(broker, metrics_port, archive, client_id), cwd=REPO)
     try:
         started = wait_healthy(process, metrics_port)
+        cpu_at_start = cpu_seconds(process.pid)
         latencies: list[float] = []
         while True:
             latency, text = scrape(metrics_port)
@@ -224,6 +237,7 @@ def bench_daemon(broker: Mosquitto, stream: Stream, client_id: str, workdir: Pat
             time.sleep(0.05)
         seconds = time.perf_counter() - started
         rss = peak_rss_bytes(process.pid)
+        cpu_at_end = cpu_seconds(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -233,6 +247,9 @@ def bench_daemon(broker: Mosquitto, stream: Stream, client_id: str, workdir: Pat
         "scrapes": float(len(latencies)),
         "peak_rss_mb": rss[0] / 2**20,
         "child_peak_rss_mb": rss[1] / 2**20,
+        # Busy fraction of the burst: which process is the bottleneck (1.0 = a full core).
+        "parent_cpu_share": (cpu_at_end[0] - cpu_at_start[0]) / seconds,
+        "child_cpu_share": (cpu_at_end[1] - cpu_at_start[1]) / seconds,
         "exit_code": float(process.returncode),
     }
     return Result(

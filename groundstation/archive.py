@@ -49,15 +49,17 @@ class ArchiveRecord:
 
 def encode_record(record: ArchiveRecord) -> bytes:
     """The bytes of one record on disk."""
+    return b"".join(_record_parts(record))
+
+
+def _record_parts(record: ArchiveRecord) -> tuple[bytes, bytes]:
+    """A record as (framing, payload): the payload is not copied, its CRC runs on in place."""
     topic = record.topic.encode("utf-8", errors="surrogateescape")[:MAX_TOPIC_BYTES]
-    body = b"".join(
-        (
-            _BODY_HEADER.pack(record.received_at, FLAG_VALID if record.valid else 0, len(topic)),
-            topic,
-            record.payload,
-        )
+    head = (
+        _BODY_HEADER.pack(record.received_at, FLAG_VALID if record.valid else 0, len(topic)) + topic
     )
-    return _PREFIX.pack(len(body), zlib.crc32(body)) + body
+    crc = zlib.crc32(record.payload, zlib.crc32(head))
+    return _PREFIX.pack(len(head) + len(record.payload), crc) + head, record.payload
 
 
 def segment_name(index: int) -> str:
@@ -118,18 +120,22 @@ class ArchiveWriter:
     def _append(self, records: Sequence[ArchiveRecord]) -> None:
         if self._file is None:
             raise RuntimeError("archive writer is not open")
-        chunk = bytearray()
+        # Parts joined once per write: the payloads are copied once, not once per step.
+        chunk: list[bytes] = []
+        chunk_bytes = 0
         for record in records:
-            encoded = encode_record(record)
-            if self._segment_bytes + len(chunk) + len(encoded) > self._config.segment_max_bytes:
+            framing, payload = _record_parts(record)
+            size = len(framing) + len(payload)
+            if self._segment_bytes + chunk_bytes + size > self._config.segment_max_bytes:
                 if chunk:
-                    self._write(chunk)
-                    chunk = bytearray()
+                    self._write(b"".join(chunk))
+                    chunk, chunk_bytes = [], 0
                 if self._segment_bytes > len(MAGIC):
                     self._rotate()
-            chunk += encoded
+            chunk += (framing, payload)
+            chunk_bytes += size
         if chunk:
-            self._write(chunk)
+            self._write(b"".join(chunk))
         self.records_written += len(records)
         self._sync_per_policy()
 
@@ -151,7 +157,7 @@ class ArchiveWriter:
         self._file.close()
         self._file = None
 
-    def _write(self, chunk: bytearray) -> None:
+    def _write(self, chunk: bytes) -> None:
         assert self._file is not None
         self._file.write(chunk)
         self._segment_bytes += len(chunk)

@@ -40,6 +40,7 @@ from groundstation.telemetry import Telemetry
 logger = logging.getLogger(__name__)
 
 HEALTHZ_PATH: Final = "/healthz"
+HTTP_POLL_INTERVAL_S: Final = 0.05
 
 # WSGI types, spelled out (wsgiref.types is 3.11+, but its callables are awkward to reuse).
 _StartResponse = Callable[..., object]
@@ -52,6 +53,15 @@ class Health:
 
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOutcome:
+    """How the last shutdown went: logged, and read by tests instead of timing the exit."""
+
+    seconds: float  # from stop-receiving to the last queued batch decoded (or the timeout)
+    timed_out: bool
+    left_undecoded: int  # archived and acknowledged envelopes whose metrics were lost
 
 
 class Daemon:
@@ -84,6 +94,7 @@ class Daemon:
             batch_max_bytes=config.ingest.batch_max_bytes,
         )
         self.subscriber: Subscriber[list[Arrival]] | None = None
+        self.drain_outcome: DrainOutcome | None = None
 
     def status(self) -> PipelineStatus:
         subscriber = self.subscriber.status if self.subscriber else None
@@ -153,6 +164,9 @@ class Daemon:
         except TimeoutError:
             # Everything queued is archived and acknowledged: only its metrics are lost,
             # and `groundstation replay` still counts it.
+            self.drain_outcome = DrainOutcome(
+                seconds=time.monotonic() - started, timed_out=True, left_undecoded=self._queue.depth
+            )
             logger.warning(
                 "shutdown drain exceeded %.1f s; %d archived envelopes left undecoded",
                 timeout_s,
@@ -161,7 +175,10 @@ class Daemon:
             receiving.cancel()
             decoding.cancel()
         else:
-            logger.info("drained in %.2f s", time.monotonic() - started)
+            self.drain_outcome = DrainOutcome(
+                seconds=time.monotonic() - started, timed_out=False, left_undecoded=0
+            )
+            logger.info("drained in %.2f s", self.drain_outcome.seconds)
 
     async def _sync_archive(self, sink: ArchivingSink) -> None:
         if self.config.archive.fsync != "interval":
@@ -185,7 +202,13 @@ class Daemon:
             ThreadingWSGIServer,
             handler_class=_SilentHandler,
         )
-        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            # shutdown() waits up to one poll interval (0.5 s by default) for the thread.
+            kwargs={"poll_interval": HTTP_POLL_INTERVAL_S},
+            name="metrics-http",
+            daemon=True,
+        )
         thread.start()
         host, port = server.server_address[:2]
         logger.info("metrics on http://%s:%d/metrics", self.config.metrics.host, port)

@@ -305,7 +305,7 @@ class PacketDecoder:
         sizes = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
         ends = np.cumsum(sizes)
         starts = ends - sizes
-        split = self._split(data, raw, starts, ends)
+        split = self._split(data, starts, ends)
         count = split.offset.shape[0]
         groups = [
             _Group(length=length, index=index, rows=_rows(data, split.offset[index], length))
@@ -443,7 +443,6 @@ class PacketDecoder:
     def _split(
         self,
         data: NDArray[np.uint8],
-        raw: bytes | memoryview,
         starts: NDArray[np.int64],
         ends: NDArray[np.int64],
     ) -> _Split:
@@ -519,35 +518,83 @@ class PacketDecoder:
         walk_buffers = np.flatnonzero(walk)
         if walk_buffers.shape[0] == 0:
             return fast_split
-        return _merge(fast_split, self._walk(data, raw, walk_buffers, starts, ends))
+        return _merge(fast_split, self._walk(data, walk_buffers, starts, ends))
+
+    def _follow_lengths(
+        self, data: NDArray[np.uint8], starts: NDArray[np.int64], ends: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.int64]]:
+        """Each buffer's chain of sound headers, each found by the previous one's length.
+
+        Returns the packets' offsets, the rank of each one's buffer, and where each buffer's
+        chain stops (its malformed tail, if before the end). A Python loop over the length
+        fields took half the decode time of a mixed stream; instead every byte that can
+        start a sound header (ICD section 3: version 0, telemetry, secondary header) is a
+        node pointing at the header its length leads to, and the chains from the buffers'
+        starts are collected by pointer doubling: levels that jump 1, 2, 4, ... headers.
+        """
+        low, high = int(starts.min()), int(ends.max())
+        span = data[low:high]
+        positions = max(0, span.shape[0] - PRIMARY_HEADER_BYTES + 1)
+        # Bytes 0 and 2 of a sound header: the fixed packet-id bits and "unsegmented".
+        possible = (span[:positions] & PACKET_ID_FIXED_MASK >> 8) == PACKET_ID_FIXED >> 8
+        possible &= (span[2 : 2 + positions] & SEQ_FLAGS_MASK >> 8) == SEQ_FLAGS_UNSEGMENTED >> 8
+        candidate = np.flatnonzero(possible).astype(np.int64) + low
+        # The buffers are contiguous and in order: a candidate's buffer by binary search.
+        rank = np.searchsorted(starts, candidate, side="right") - 1
+        inside = rank >= 0
+        inside[inside] = candidate[inside] + PRIMARY_HEADER_BYTES <= ends[rank[inside]]
+        candidate, rank = candidate[inside], rank[inside]
+        words = _header_words(data, candidate)
+        length = words[:, 2] + _LENGTH_OFFSET
+        apid = words[:, 0] & _APID_MASK
+        following = candidate + length
+        good = (
+            ((words[:, 1] & SEQ_FLAGS_MASK) == SEQ_FLAGS_UNSEGMENTED)
+            & (length >= self._min_length[apid])
+            & (length <= self._max_length[apid])
+            & (following <= ends[rank])
+        )
+        node, following, node_rank = candidate[good], following[good], rank[good]
+        count = node.shape[0]
+        # next[i]: the node at node i's following header, or `count` (the chain ends there).
+        at = np.searchsorted(node, following)
+        found = at < count
+        # A chain ending exactly at its buffer's end must not run on into the next buffer.
+        found[found] = (node[at[found]] == following[found]) & (
+            node_rank[at[found]] == node_rank[found]
+        )
+        jump = np.append(np.where(found, at, count), count)
+        at_start = np.searchsorted(node, starts)
+        on_chain = at_start < count
+        # An empty buffer shares its start with the next one: a chain must be its own.
+        on_chain[on_chain] = (node[at_start[on_chain]] == starts[on_chain]) & (
+            node_rank[at_start[on_chain]] == np.flatnonzero(on_chain)
+        )
+        chain = at_start[on_chain]  # the first 2**level nodes of every chain
+        while True:
+            ahead = jump[chain]
+            ahead = ahead[ahead < count]
+            if ahead.shape[0] == 0:
+                break
+            chain = np.concatenate((chain, ahead))
+            jump = jump[jump]
+        chain.sort()
+        offset, owner_rank = node[chain], node_rank[chain]
+        tail_start = starts.copy()
+        if chain.shape[0]:
+            last = np.flatnonzero(np.append(owner_rank[1:] != owner_rank[:-1], True))
+            tail_start[owner_rank[last]] = following[chain[last]]
+        return offset, owner_rank, tail_start
 
     def _walk(
         self,
         data: NDArray[np.uint8],
-        raw: bytes | memoryview,
         buffers: NDArray[np.intp],
         starts: NDArray[np.int64],
         ends: NDArray[np.int64],
     ) -> _Split:
         """Step 1 for mixed buffers: follow the length fields, then check all headers at once."""
-        found: list[int] = []
-        append = found.append
-        found_per_buffer: list[int] = []
-        stops: list[int] = []
-        for start, end in zip(starts[buffers].tolist(), ends[buffers].tolist(), strict=True):
-            before = len(found)
-            position = start
-            while end - position >= PRIMARY_HEADER_BYTES:
-                following = position + _LENGTH_OFFSET + (raw[position + 4] << 8 | raw[position + 5])
-                if following > end:
-                    break  # the length runs past the end of the buffer
-                append(position)
-                position = following
-            found_per_buffer.append(len(found) - before)
-            stops.append(position)
-
-        offset = np.array(found, dtype=np.int64)
-        owner_rank = np.repeat(np.arange(buffers.shape[0]), found_per_buffer)
+        offset, owner_rank, tail_start = self._follow_lengths(data, starts[buffers], ends[buffers])
         words = _header_words(data, offset)
         length = words[:, 2] + _LENGTH_OFFSET
         packet_apid = (words[:, 0] & _APID_MASK).astype(np.int32)
@@ -557,7 +604,6 @@ class PacketDecoder:
             & (length >= self._min_length[packet_apid])
             & (length <= self._max_length[packet_apid])
         )
-        tail_start = np.array(stops, dtype=np.int64)
         if not sound.all():
             # The first unsound header of a buffer starts its malformed tail (ICD section 6).
             unsound = np.flatnonzero(~sound)

@@ -18,6 +18,9 @@ the whole offline backlog at once (measured: 1,073 unacknowledged 65 KiB message
 in aiomqtt with Receive Maximum 100). So the subscriber bounds its inbox itself: at
 `receive_maximum` queued messages it stops reading the socket (TCP flow control then
 holds the broker back), and resumes below half of that.
+
+Stopping reads nothing more: the broker keeps what it has not had acknowledged, and the
+connection closes only after the broker has processed our last PUBACKs (`_stop_reading`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -43,7 +48,7 @@ from groundstation.config import BrokerConfig, make_tls_context
 logger = logging.getLogger(__name__)
 
 QOS: Final = 1  # ICD section 2
-ACK_BARRIER_TOPIC: Final = "groundstation/ack-barrier"  # never subscribed; see _confirm_acks
+_DISCARD_CHUNK_BYTES: Final = 1 << 20  # read size while waiting for the broker to close
 _SUBSCRIBE_FAILED: Final = 0x80  # SUBACK failure (MQTT 3.1.1 3.9.3; MQTT 5 codes >= 0x80)
 
 _T = TypeVar("_T")
@@ -115,6 +120,7 @@ class Subscriber(Generic[_T]):
         self._connections_made = 0
         self._unacked = 0
         self.connected_event = asyncio.Event()  # set while subscribed; tests await it
+        self.close_seconds: float | None = None  # last wait for the broker to close (tests)
 
     @property
     def status(self) -> SubscriberStatus:
@@ -190,51 +196,82 @@ class Subscriber(Generic[_T]):
         self._client = client
         self._paused_fd = None
         self._pausing_allowed = True
-        async with client:
-            self._connections_made += 1
-            self._connected = True
-            # Not awaited before receiving: a resumed session's backlog may arrive ahead of
-            # the SUBACK, and reading it may be paused until we have worked through it.
-            subscribing = asyncio.create_task(self._subscribe(client))
-            try:
-                while not stop.is_set():
-                    if subscribing.done():
-                        subscribing.result()  # a refused subscription ends the session
-                    batch = await self._next_batch(client, stop, subscribing)
-                    if not batch:
-                        continue
-                    stored = await self._sink.store(batch)
-                    self._ack(client, batch)
-                    await self._sink.forward(stored)
-                await self._confirm_acks(client)
-            finally:
-                subscribing.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await subscribing
-
-    async def _confirm_acks(self, client: aiomqtt.Client) -> None:
-        """Before DISCONNECT, make sure the broker has processed our PUBACKs.
-
-        Closing a socket with unread data in it (the broker keeps sending up to the in-flight
-        window) makes Linux send RST, and the broker then drops what it had not yet read,
-        our last PUBACKs included: it would redeliver a batch we archived. The broker handles
-        a connection's packets in order, so the UNSUBACK of an UNSUBSCRIBE from a topic we
-        never subscribed to proves that every earlier PUBACK was processed.
-        """
-        # The UNSUBACK queues behind whatever the broker sent meanwhile: read on, without
-        # pausing again. What arrives now stays unacknowledged; the broker redelivers it.
-        self._pausing_allowed = False
-        if self._paused_fd is not None:
-            self._resume_reading(client)
+        held: socket.socket | None = None
         try:
-            await client.unsubscribe(ACK_BARRIER_TOPIC, timeout=self._config.connect_timeout_s)
-        except aiomqtt.MqttError as error:
+            async with client:
+                self._connections_made += 1
+                self._connected = True
+                # Not awaited before receiving: a resumed session's backlog may arrive ahead
+                # of the SUBACK, and reading it may be paused until we have worked through it.
+                subscribing = asyncio.create_task(self._subscribe(client))
+                try:
+                    while not stop.is_set():
+                        if subscribing.done():
+                            subscribing.result()  # a refused subscription ends the session
+                        batch = await self._next_batch(client, stop, subscribing)
+                        if not batch:
+                            continue
+                        stored = await self._sink.store(batch)
+                        self._ack(client, batch)
+                        await self._sink.forward(stored)
+                    held = self._stop_reading(client)
+                finally:
+                    subscribing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await subscribing
+            # aiomqtt has sent DISCONNECT (after our PUBACKs) and paho closed its descriptor.
+        finally:
+            if held is not None:
+                await self._close_after_broker(held)
+
+    def _stop_reading(self, client: aiomqtt.Client) -> socket.socket | None:
+        """On stop: read nothing more, and keep the connection open past paho's close.
+
+        What the broker sends from now on stays unacknowledged and is redelivered to the
+        persistent session; whatever is still in the inbox likewise. Closing a socket with
+        unread data in it makes Linux send RST, and the broker then drops what it had not
+        yet read, our last PUBACKs included (it would redeliver a batch we archived). So a
+        duplicate of the descriptor keeps the connection open when paho closes its own after
+        DISCONNECT, and `_close_after_broker` lets the broker close first.
+        """
+        self._pausing_allowed = False
+        self._paused_fd = None
+        sock = _paho(client).socket()
+        if sock is None or _disconnected(client).done():
+            return None
+        descriptor = sock.fileno()
+        asyncio.get_running_loop().remove_reader(descriptor)
+        held = socket.socket(fileno=os.dup(descriptor))
+        held.setblocking(False)
+        return held
+
+    async def _close_after_broker(self, held: socket.socket) -> None:
+        """Half-close, then discard what arrives until the broker closes: acks confirmed.
+
+        The broker handles a connection's packets in order, so once it closes the connection
+        in answer to our DISCONNECT it has processed every PUBACK before it. Discarding raw
+        bytes costs nothing like parsing the PUBLISHes queued ahead (a backlog of thousands
+        took the whole shutdown budget when an UNSUBSCRIBE's UNSUBACK was the barrier).
+        """
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            held.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(self._config.connect_timeout_s):
+                while await loop.sock_recv(held, _DISCARD_CHUNK_BYTES):
+                    pass
+        except TimeoutError:
             logger.warning(
-                "could not confirm the last acknowledgements before disconnecting (%s);"
-                " the broker may redeliver the last batch",
-                error,
-                extra={"broker": self._config.url, "reason": str(error)},
+                "the broker did not close the connection within %.1f s of DISCONNECT;"
+                " it may redeliver the last batch",
+                self._config.connect_timeout_s,
+                extra={"broker": self._config.url},
             )
+        except OSError:
+            pass  # reset or already closed by the broker: it has read all we sent
+        finally:
+            held.close()
+        self.close_seconds = time.monotonic() - started
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         """Subscribe (no timeout: the SUBACK may queue behind a backlog), then announce it."""

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from groundstation.archive import ArchiveReader
@@ -201,3 +202,43 @@ async def test_a_resumed_backlog_stays_bounded_in_the_daemon(
         metrics = await scrape(daemon.metrics_address)
     assert 0 < subscriber.inbox_peak <= 20
     assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 300
+
+
+@pytest.mark.asyncio
+async def test_stop_with_a_backlog_at_the_broker_is_quick_and_loses_nothing(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Stopping while the broker holds a backlog: receiving stops at once, nothing lost.
+
+    1. run the daemon once so the session exists, stop it;
+    2. publish 4,000 envelopes while it is down;
+    3. restart it; once 200 are decoded, shut it down while the broker still sends the
+       rest: it stops reading, confirms its acks by waiting for the broker to close the
+       connection, drains its own queue; its recorded drain is far within the 10 s budget;
+    4. restart it: the broker delivers what was left; the archive holds every seq once.
+    """
+    backlog = 4_000
+    config = daemon_config(mosquitto, tmp_path)
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+    await publish(mosquitto.port, [envelope(seq) for seq in range(backlog)])
+    async with running_daemon(config) as daemon:
+        await processed(daemon, 200)
+    drain = daemon.drain_outcome
+    subscriber = daemon.subscriber
+    archived_at_stop = len(list(ArchiveReader(config.archive.directory).records()))
+    async with running_daemon(config) as daemon:
+        await processed(daemon, backlog - archived_at_stop)
+    seqs = [
+        msgpack.unpackb(record.payload)["seq"]
+        for record in ArchiveReader(config.archive.directory).records()
+    ]
+    assert archived_at_stop < backlog, "the broker held no backlog at the stop"
+    assert drain is not None
+    assert not drain.timed_out
+    assert drain.left_undecoded == 0
+    assert drain.seconds < config.ingest.shutdown_timeout_s / 4
+    assert subscriber is not None
+    assert subscriber.close_seconds is not None
+    assert subscriber.close_seconds < config.broker.connect_timeout_s / 4
+    assert sorted(seqs) == list(range(backlog))

@@ -17,16 +17,19 @@ from groundstation.definitions import load_dictionaries
 from groundstation.envelope import Envelope, Invalid
 from groundstation.mqtt import backoff_delay_s
 from groundstation.pipeline import (
+    DECODE_BATCHES_IN_FLIGHT,
     Arrival,
+    DecodeWorker,
     IngestQueue,
     Pipeline,
+    PipelineProcess,
     RateLimitedWarnings,
     archived_arrivals,
     batched,
     check_payload,
     resume_sequences,
 )
-from groundstation.telemetry import Telemetry
+from groundstation.telemetry import Telemetry, TelemetrySnapshot
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
 
 DICTIONARIES = load_dictionaries()
@@ -190,3 +193,64 @@ async def test_ingest_queue_take_is_bounded_in_bytes_but_takes_at_least_one() ->
     assert await queue.take(10, 2500) == items[:2]
     assert await queue.take(10, 10) == items[2:3]  # one, even over the bound
     assert queue.depth == 2
+
+
+class _HeldPipeline(PipelineProcess):
+    """A PipelineProcess stand-in whose batches finish when the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__(archive_dir=Path(), resume_tail_bytes=0, max_payload_bytes=0, batch_size=1)
+        self.sent: list[tuple[list[Arrival], asyncio.Future[TelemetrySnapshot]]] = []
+        self.arrived = asyncio.Event()
+
+    async def process(self, batch: list[Arrival]) -> TelemetrySnapshot:
+        done: asyncio.Future[TelemetrySnapshot] = asyncio.get_running_loop().create_future()
+        self.sent.append((batch, done))
+        self.arrived.set()
+        return await done
+
+
+@pytest.mark.asyncio
+async def test_decode_worker_keeps_two_batches_in_flight_and_the_newest_snapshot() -> None:
+    """Batches go to the child in queue order, two at a time; a late answer is not newest.
+
+    1. queue three batches' worth of envelopes (one envelope per batch);
+    2. the worker sends the first two at once, and not the third;
+    3. the second batch's snapshot arrives first, then the first's: the worker keeps the
+       second's, since the child applied the first before it;
+    4. the third is sent when a lane frees; closing the queue ends the worker.
+    """
+    queue = IngestQueue(max_envelopes=10, max_bytes=1 << 20)
+    items = [arrival(envelope(seq)) for seq in range(3)]
+    await queue.put(items)
+    pipeline = _HeldPipeline()
+    initial = TelemetrySnapshot(families=(), histograms=())
+    worker = DecodeWorker(
+        pipeline, queue, initial=initial, batch_max_envelopes=1, batch_max_bytes=1 << 20
+    )
+    running = asyncio.create_task(worker.run())
+    while len(pipeline.sent) < DECODE_BATCHES_IN_FLIGHT:
+        pipeline.arrived.clear()
+        await pipeline.arrived.wait()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [batch for batch, _ in pipeline.sent] == [items[:1], items[1:2]]
+    first, second = (TelemetrySnapshot(families=(), histograms=()) for _ in range(2))
+    pipeline.sent[1][1].set_result(second)
+    async with worker.progress:
+        await worker.progress.wait_for(lambda: worker.envelopes_processed == 1)
+    assert worker.latest_snapshot is second
+    pipeline.sent[0][1].set_result(first)
+    async with worker.progress:
+        await worker.progress.wait_for(lambda: worker.envelopes_processed == 2)
+    assert worker.latest_snapshot is second
+    while len(pipeline.sent) < 3:
+        pipeline.arrived.clear()
+        await pipeline.arrived.wait()
+    assert pipeline.sent[2][0] == items[2:]
+    third = TelemetrySnapshot(families=(), histograms=())
+    pipeline.sent[2][1].set_result(third)
+    await queue.close()
+    await running
+    assert worker.latest_snapshot is third
+    assert worker.envelopes_processed == 3
