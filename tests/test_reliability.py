@@ -158,6 +158,29 @@ def backoff_delays_logged(daemon: DaemonProcess) -> list[float]:
     return [float(match) for match in re.findall(r"retrying in ([0-9.]+) s", text)]
 
 
+async def stop_broker_with_backlog(
+    daemon: DaemonProcess,
+    mosquitto: Mosquitto,
+    payloads: list[bytes],
+    *,
+    batch: int,
+    kill: bool,
+) -> None:
+    """Items 3a/3b, steps 1-2: consume a batch, queue a second at the broker, stop it.
+
+    The daemon is paused (SIGSTOP) while the second batch is published, so the broker holds
+    it as a backlog when it stops (SIGTERM saves it, SIGKILL loses it); then it resumes.
+    """
+    await publish_all(mosquitto.port, payloads[:batch])
+    await wait_for_last(daemon, batch - 1)
+    daemon.pause()
+    try:
+        await publish_all(mosquitto.port, payloads[batch : 2 * batch])
+        mosquitto.stop(kill=kill)
+    finally:
+        daemon.resume()
+
+
 @pytest.mark.integration
 @pytest.mark.asyncio
 async def test_broker_restart_loses_nothing_and_backoff_is_capped(
@@ -179,14 +202,7 @@ async def test_broker_restart_loses_nothing_and_backoff_is_capped(
     batch = 2_000
     payloads = build_envelopes(3 * batch)
     with running_daemon(daemon):
-        await publish_all(mosquitto.port, payloads[:batch])
-        await wait_for_last(daemon, batch - 1)
-        daemon.pause()
-        try:
-            await publish_all(mosquitto.port, payloads[batch : 2 * batch])
-            mosquitto.stop()
-        finally:
-            daemon.resume()
+        await stop_broker_with_backlog(daemon, mosquitto, payloads, batch=batch, kill=False)
         await wait_for(
             daemon,
             lambda samples: total(samples, "gs_mqtt_connected") == 0,
@@ -248,14 +264,7 @@ async def test_broker_crash_loss_is_counted_exactly(tmp_path: Path, mosquitto: M
     batch = 2_000
     payloads = build_envelopes(3 * batch)
     with running_daemon(daemon):
-        await publish_all(mosquitto.port, payloads[:batch])
-        await wait_for_last(daemon, batch - 1)
-        daemon.pause()
-        try:
-            await publish_all(mosquitto.port, payloads[batch : 2 * batch])
-            mosquitto.stop(kill=True)
-        finally:
-            daemon.resume()
+        await stop_broker_with_backlog(daemon, mosquitto, payloads, batch=batch, kill=True)
         mosquitto.start()
         await wait_for(
             daemon,
