@@ -16,11 +16,14 @@ import re
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
+
+# zlib's CRC-32, computed with ISA-L's carry-less multiply: 42 GB/s against zlib's 3.4 on
+# this machine (20 of the parent's ~230 us per 65 KiB message). Same polynomial, same values.
+from isal.isal_zlib import crc32
 
 from groundstation.config import ArchiveConfig
 
@@ -35,6 +38,7 @@ FLAG_VALID: Final = 0x01
 # to ingest.max_payload_bytes, 16 MiB by default, far below).
 MAX_RECORD_BYTES: Final = 1 << 30
 MAX_TOPIC_BYTES: Final = 0xFFFF
+_IOV_MAX: Final = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,7 @@ def _record_parts(record: ArchiveRecord) -> tuple[bytes, bytes]:
     head = (
         _BODY_HEADER.pack(record.received_at, FLAG_VALID if record.valid else 0, len(topic)) + topic
     )
-    crc = zlib.crc32(record.payload, zlib.crc32(head))
+    crc = crc32(record.payload, crc32(head))
     return _PREFIX.pack(len(head) + len(record.payload), crc) + head, record.payload
 
 
@@ -113,14 +117,25 @@ class ArchiveWriter:
         self._start_segment()
 
     def append(self, records: Sequence[ArchiveRecord]) -> None:
-        """Write `records` in order: on return they are in the kernel (on disk if fsync=always)."""
+        """Write `records` in order, then `commit`: on disk on return if fsync=always."""
         with self._lock:
             self._append(records)
+            self._sync_per_policy()
+
+    def write(self, records: Sequence[ArchiveRecord]) -> None:
+        """Write `records` in order: on return they are in the kernel (they survive kill -9)."""
+        with self._lock:
+            self._append(records)
+
+    def commit(self) -> None:
+        """Make what was written durable as the fsync policy asks (always: fdatasync now)."""
+        with self._lock:
+            self._sync_per_policy()
 
     def _append(self, records: Sequence[ArchiveRecord]) -> None:
         if self._file is None:
             raise RuntimeError("archive writer is not open")
-        # Parts joined once per write: the payloads are copied once, not once per step.
+        # One gathered write per segment: the payloads are not copied into a joined chunk.
         chunk: list[bytes] = []
         chunk_bytes = 0
         for record in records:
@@ -128,16 +143,15 @@ class ArchiveWriter:
             size = len(framing) + len(payload)
             if self._segment_bytes + chunk_bytes + size > self._config.segment_max_bytes:
                 if chunk:
-                    self._write(b"".join(chunk))
+                    self._write(chunk, chunk_bytes)
                     chunk, chunk_bytes = [], 0
                 if self._segment_bytes > len(MAGIC):
                     self._rotate()
             chunk += (framing, payload)
             chunk_bytes += size
         if chunk:
-            self._write(b"".join(chunk))
+            self._write(chunk, chunk_bytes)
         self.records_written += len(records)
-        self._sync_per_policy()
 
     def sync_if_due(self) -> None:
         """For fsync=interval: called when idle, so the last batch does not stay unsynced."""
@@ -157,11 +171,11 @@ class ArchiveWriter:
         self._file.close()
         self._file = None
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, parts: list[bytes], size: int) -> None:
         assert self._file is not None
-        self._file.write(chunk)
-        self._segment_bytes += len(chunk)
-        self.bytes_written += len(chunk)
+        _write_all(self._file.fileno(), parts)
+        self._segment_bytes += size
+        self.bytes_written += size
         self._unsynced = True
 
     def _sync_per_policy(self) -> None:
@@ -195,6 +209,21 @@ class ArchiveWriter:
         self._sync()
         _fsync_directory(self._config.directory)
         logger.info("archive segment opened", extra={"path": str(path)})
+
+
+def _write_all(descriptor: int, parts: list[bytes]) -> None:
+    """`os.writev` of all parts, IOV_MAX at a time, resuming after a short write."""
+    pending = [memoryview(part) for part in parts if part]
+    while pending:
+        group = pending[:_IOV_MAX]
+        written = os.writev(descriptor, group)
+        done = 0
+        while done < len(group) and written >= group[done].nbytes:
+            written -= group[done].nbytes
+            done += 1
+        pending = pending[done:]
+        if written:  # a short write ended inside this part
+            pending[0] = pending[0][written:]
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -268,7 +297,7 @@ def _decode_at(view: memoryview, offset: int) -> tuple[ArchiveRecord | None, int
     if start + body_length > end:
         return None, 0
     body = view[start : start + body_length]
-    if zlib.crc32(body) != crc:
+    if crc32(body) != crc:
         return None, 0
     received_at, flags, topic_length = _BODY_HEADER.unpack_from(body, 0)
     topic_end = _BODY_HEADER.size + topic_length

@@ -201,6 +201,7 @@ class Subscriber(Generic[_T]):
             async with client:
                 self._connections_made += 1
                 self._connected = True
+                self._read_with_our_reader(client)
                 # Not awaited before receiving: a resumed session's backlog may arrive ahead
                 # of the SUBACK, and reading it may be paused until we have worked through it.
                 subscribing = asyncio.create_task(self._subscribe(client))
@@ -365,7 +366,41 @@ class Subscriber(Generic[_T]):
     def _resume_reading(self, client: aiomqtt.Client) -> None:
         fd, self._paused_fd = self._paused_fd, None
         if fd is not None and _paho(client).socket() is not None:
-            asyncio.get_running_loop().add_reader(fd, _read_socket, client)
+            asyncio.get_running_loop().add_reader(fd, self._read_available, client)
+
+    def _read_with_our_reader(self, client: aiomqtt.Client) -> None:
+        """Replace aiomqtt's socket reader (one MQTT packet per readiness event) by ours."""
+        sock = _paho(client).socket()
+        if sock is not None:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._read_available, client)
+
+    def _read_available(self, client: aiomqtt.Client) -> None:
+        """Read messages while they keep arriving whole, up to the inbox's high mark.
+
+        What aiomqtt's reader (client.py, `_on_socket_open`) does: read, drain TLS's buffer,
+        report a broken connection. But paho's `loop_read` parses one packet per call, and
+        one call per readiness event cost an event-loop pass per message, and made batches
+        as small as the archive write was quick; reading on while whole messages arrive
+        fills the inbox in one go. It stops at the first call that queues nothing (socket
+        empty, a partial message, or a packet other than PUBLISH), or once paused.
+        """
+        paho_client = _paho(client)
+        inbox = _inbox(client)
+        try:
+            while True:
+                queued = inbox.qsize()
+                paho_client.loop_read()
+                sock = paho_client.socket()
+                if sock is None:
+                    break
+                if hasattr(sock, "pending") and sock.pending() > 0:
+                    continue
+                if inbox.qsize() == queued or self._paused_fd is not None:
+                    break
+        except Exception as error:  # as aiomqtt: any failure here means the link broke
+            disconnected = client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(error)
 
     def _ack(self, client: aiomqtt.Client, batch: list[Delivery]) -> None:
         """PUBACK each message in arrival order (MQTT 3.1.1 section 4.6)."""
@@ -421,23 +456,6 @@ def _inbox_type(on_put: Callable[[int], None]) -> type[_Inbox]:
             on_put(size)
 
     return SubscriberInbox
-
-
-def _read_socket(client: aiomqtt.Client) -> None:
-    """The socket reader while resumed: what aiomqtt's own reader does (client.py,
-    `_on_socket_open`): read, drain TLS's buffer, and report a broken connection."""
-    paho_client = _paho(client)
-    try:
-        while True:
-            paho_client.loop_read()
-            sock = paho_client.socket()
-            if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
-                continue
-            break
-    except Exception as error:  # as aiomqtt: any failure here means the link broke
-        disconnected = client._disconnected
-        if not disconnected.done():
-            disconnected.set_exception(error)
 
 
 def _inbox(client: aiomqtt.Client) -> _Inbox:
