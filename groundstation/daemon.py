@@ -85,6 +85,7 @@ class Daemon:
             resume_tail_bytes=config.ingest.resume_scan_bytes,
             max_payload_bytes=config.ingest.max_payload_bytes,
             batch_size=config.ingest.batch_max_envelopes,
+            batch_max_bytes=config.ingest.batch_max_bytes,
         )
         self.worker = DecodeWorker(
             self.pipeline,

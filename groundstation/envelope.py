@@ -47,7 +47,9 @@ class Envelope:
     vehicle: str
     seq: int
     ert: float
-    packets: bytes
+    packets: bytes | memoryview
+    """bytes as unpacked; in the decoding child, a view of the shared memory they were
+    copied to (groundstation.pipeline.PacketSlots)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -469,7 +469,7 @@ class ReplaySummary:
 def replay_summary(directory: Path) -> ReplaySummary:
     """Decode every archived envelope per vehicle with one fresh decoder (ICD section 6)."""
     dictionaries = load_dictionaries()
-    buffers: dict[str, list[bytes]] = {}
+    buffers: dict[str, list[bytes | memoryview]] = {}
     for record in ArchiveReader(directory).records():
         envelope = unpack_envelope(record.payload, max_payload_bytes=1 << 30, vehicles=dictionaries)
         if record.valid and not isinstance(envelope, Invalid):

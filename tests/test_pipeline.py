@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import random
+from dataclasses import replace
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from groundstation.pipeline import (
     Arrival,
     DecodeWorker,
     IngestQueue,
+    PacketSlots,
     Pipeline,
     PipelineProcess,
     RateLimitedWarnings,
@@ -28,6 +32,8 @@ from groundstation.pipeline import (
     batched,
     check_payload,
     resume_sequences,
+    shared_buffer,
+    unpack_shipment,
 )
 from groundstation.telemetry import Telemetry, TelemetrySnapshot
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
@@ -199,15 +205,27 @@ class _HeldPipeline(PipelineProcess):
     """A PipelineProcess stand-in whose batches finish when the test releases them."""
 
     def __init__(self) -> None:
-        super().__init__(archive_dir=Path(), resume_tail_bytes=0, max_payload_bytes=0, batch_size=1)
+        super().__init__(
+            archive_dir=Path(),
+            resume_tail_bytes=0,
+            max_payload_bytes=0,
+            batch_size=1,
+            batch_max_bytes=1024,
+        )
         self.sent: list[tuple[list[Arrival], asyncio.Future[TelemetrySnapshot]]] = []
+        self.lanes_busy: set[int] = set()
         self.arrived = asyncio.Event()
 
-    async def process(self, batch: list[Arrival]) -> TelemetrySnapshot:
+    async def process(self, batch: list[Arrival], *, lane: int) -> TelemetrySnapshot:
+        assert lane not in self.lanes_busy, "two batches in one lane's slot"
+        self.lanes_busy.add(lane)
         done: asyncio.Future[TelemetrySnapshot] = asyncio.get_running_loop().create_future()
         self.sent.append((batch, done))
         self.arrived.set()
-        return await done
+        try:
+            return await done
+        finally:
+            self.lanes_busy.discard(lane)
 
 
 @pytest.mark.asyncio
@@ -254,3 +272,44 @@ async def test_decode_worker_keeps_two_batches_in_flight_and_the_newest_snapshot
     await running
     assert worker.latest_snapshot is third
     assert worker.envelopes_processed == 3
+
+
+def test_packet_slots_carry_each_lanes_packets_to_the_reader() -> None:
+    """What the child rebuilds equals what the parent had, lane by lane; invalid ones pass."""
+    batches = [
+        [arrival(envelope(seq)) for seq in range(3)] + [arrival(b"\xc1garbage")],
+        [arrival(envelope(seq)) for seq in range(10, 12)],
+    ]
+    slots = PacketSlots(lanes=2, slot_bytes=1 << 16)
+    try:
+        shipments = [slots.fill(lane, batch) for lane, batch in enumerate(batches)]
+        reader = SharedMemory(name=slots.name)
+        try:
+            for batch, shipment in zip(batches, shipments, strict=True):
+                # Only metadata is pickled: the packets are not in the shipment.
+                assert len(pickle.dumps(shipment)) < 100 * len(batch)
+                rebuilt = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
+                assert [_comparable(a) for a in rebuilt] == [_comparable(a) for a in batch]
+                del rebuilt
+        finally:
+            reader.close()
+    finally:
+        slots.close()
+
+
+def test_packet_slots_refuse_a_batch_larger_than_a_slot() -> None:
+    slots = PacketSlots(lanes=1, slot_bytes=64)
+    try:
+        with pytest.raises(ValueError, match="slot"):
+            slots.fill(0, [arrival(envelope(1))])
+        with pytest.raises(ValueError, match="lane"):
+            slots.fill(1, [])
+    finally:
+        slots.close()
+
+
+def _comparable(item: Arrival) -> tuple[object, ...]:
+    envelope = item.envelope
+    if isinstance(envelope, Envelope):
+        envelope = replace(envelope, packets=bytes(envelope.packets))
+    return (item.topic, item.received_at, item.size, envelope)

@@ -67,7 +67,7 @@ def run_to(directory: Path, profile: str = "flight3", **options: Any) -> dict[st
 def decode_directory(directory: Path) -> Decoded:
     """Unpack every envelope and decode each vehicle's buffers with one PacketDecoder."""
     decoded = Decoded(report=json.loads((directory / "report.json").read_text()))
-    buffers: dict[str, list[bytes]] = {vehicle: [] for vehicle in DICTIONARIES}
+    buffers: dict[str, list[bytes | memoryview]] = {vehicle: [] for vehicle in DICTIONARIES}
     for record in read_envelopes(directory / "envelopes.msgpack"):
         envelope = unpack_envelope(
             record.payload, max_payload_bytes=MAX_PAYLOAD, vehicles=tuple(DICTIONARIES)

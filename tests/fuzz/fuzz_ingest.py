@@ -55,7 +55,7 @@ def ingest_one(data: bytes) -> None:
     check_accounting(PacketDecoder(vehicles[vehicle]).decode([buffer]), [buffer])
 
 
-def check_accounting(result: DecodeResult, buffers: list[bytes]) -> None:
+def check_accounting(result: DecodeResult, buffers: list[bytes | memoryview]) -> None:
     """The invariants of docs/interfaces.md: entries tile each buffer, verdicts are known."""
     entries = len(result.result)
     for name in ("buffer", "offset", "length", "apid", "seq", "time"):
