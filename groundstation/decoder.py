@@ -14,6 +14,11 @@ steps, in the order docs/interfaces.md fixes (ICD sections 3, 4 and 6):
 3. unknown APIDs, then sequence accounting per APID (groundstation.sequence);
 4. calibrate each fixed-length APID through one structured-dtype view; keep the ok packets.
 
+Calibration is eager by default. A lazy decoder (`calibrate="lazy"`) does steps 1-3 alike
+but calibrates a `ApidColumns.fields` only when it is first read, and `ApidColumns.rows`
+then calibrates only the rows selected: the daemon reads one row of most APIDs and the
+newest second of IMU samples, so converting every sample would be wasted work.
+
 For large inputs the CRC (step 2) runs on a helper thread while this thread reads the
 headers and calibrates (step 4, optimistically, for all packets of each APID): numpy
 releases the GIL in both, so the two cores share the work. Results do not depend on it.
@@ -22,11 +27,12 @@ releases the GIL in both, so the two cores share the work. Results do not depend
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
@@ -62,6 +68,7 @@ __all__ = [
     "RESULTS",
     "UNKNOWN_APID",
     "ApidColumns",
+    "Calibration",
     "DecodeResult",
     "PacketDecoder",
 ]
@@ -95,6 +102,49 @@ _Foreground = TypeVar("_Foreground")
 Index = slice | NDArray[np.intp]
 """Entries of the per-packet arrays: `slice(None)` when a step covers all of them."""
 
+Calibration = Literal["eager", "lazy"]
+"""When a decoder calibrates: during `decode`, or when `ApidColumns.fields` is first read."""
+
+
+class _FieldSource(Protocol):
+    """The fields of some packets of one APID, calibrated already or run by run on demand."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def fields_with(self, name: str) -> dict[str, NDArray[Any]]:
+        """The named field, and the others that come at no extra cost with it."""
+        ...
+
+    def rows(self, index: NDArray[np.intp]) -> _FieldSource: ...
+
+
+class _Fields(Mapping[str, NDArray[Any]]):
+    """Read-only fields that ask their source for each one once, when first read.
+
+    A lazy source converts the whole run (`_Run`) of the field read: one numpy call for all
+    of HELI_NAV's f32 fields, say, rather than one per field.
+    """
+
+    def __init__(self, source: _FieldSource) -> None:
+        self._source = source
+        self._read: dict[str, NDArray[Any]] = {}
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        values = self._read.get(name)
+        if values is None:
+            if name not in self._source.names:
+                raise KeyError(name)
+            self._read.update(self._source.fields_with(name))
+            values = self._read[name]
+        return values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source.names)
+
+    def __len__(self) -> int:
+        return len(self._source.names)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ApidColumns:
@@ -107,9 +157,27 @@ class ApidColumns:
     seq: NDArray[np.uint16]
     time: NDArray[np.float64]
     """Packet time, UTC seconds (ICD section 3); sample k of IMU is at time + k / 500."""
-    fields: Mapping[str, NDArray[Any]]
-    """Scaled, f32 and f64 fields as float64, other integers as int64 (enums and flag bytes
-    as raw numbers), text as an object array of str; shape (n, samples) when samples > 1."""
+    source: _FieldSource
+    """Where `fields` comes from: arrays already calibrated, or raw bodies (lazy decoder)."""
+
+    @cached_property
+    def fields(self) -> Mapping[str, NDArray[Any]]:
+        """Scaled, f32 and f64 fields as float64, other integers as int64 (enums and flag bytes
+        as raw numbers), text as an object array of str; shape (n, samples) when samples > 1.
+
+        A lazy decoder's columns calibrate each field when it is first read."""
+        return _Fields(self.source)
+
+    def rows(self, index: NDArray[np.intp]) -> ApidColumns:
+        """The given rows (positions within these columns) only: cheap to calibrate when lazy."""
+        return ApidColumns(
+            apid=self.apid,
+            name=self.name,
+            index=self.index[index],
+            seq=self.seq[index],
+            time=self.time[index],
+            source=self.source.rows(index),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +185,8 @@ class DecodeResult:
     """One entry per packet (or malformed tail), in input order.
 
     Arrays are not copied needlessly: a constant column may be a read-only broadcast view,
-    and the fields of one ApidColumns may share a base array. Copy before modifying.
+    and the fields of one ApidColumns may share a base array. Copy before modifying. A lazy
+    decoder's columns hold the decoded bytes until their fields have been read.
     """
 
     buffer: NDArray[np.intp]
@@ -133,6 +202,10 @@ class DecodeResult:
 
     def counts(self) -> dict[tuple[int, str], int]:
         """Packets per (apid, result name), the shape of gs_packets_total (ICD section 5)."""
+        if self.apid.shape[0] and self.apid.min() == self.apid.max():  # one APID throughout
+            apid = int(self.apid[0])
+            by_result = np.bincount(self.result, minlength=len(RESULTS))
+            return {(apid, RESULTS[r]): int(by_result[r]) for r in np.flatnonzero(by_result)}
         key = (self.apid.astype(np.int64) + 1) * len(RESULTS) + self.result
         tally = np.bincount(key, minlength=1)
         return {
@@ -162,11 +235,83 @@ class _Group:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Calibrated:
-    """Every packet of one fixed-length APID, calibrated before its CRC verdict is known."""
+class _FixedApid:
+    """Every packet of one fixed-length APID, before its CRC verdict is known."""
 
     positions: NDArray[np.intp]
+    source: _FieldSource
+
+
+@dataclass(frozen=True, slots=True)
+class _Calibrated:
+    """Fields calibrated during decode (eager); a subset of rows slices only what is read."""
+
     fields: dict[str, NDArray[Any]]
+    selected: NDArray[np.intp] | None = None  # rows of `fields`; None: all of them
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.fields)
+
+    def fields_with(self, name: str) -> dict[str, NDArray[Any]]:
+        values = self.fields[name]
+        return {name: values if self.selected is None else values[self.selected]}
+
+    def rows(self, index: NDArray[np.intp]) -> _Calibrated:
+        return _Calibrated(self.fields, index if self.selected is None else self.selected[index])
+
+
+@dataclass(frozen=True)
+class _FixedPackets:
+    """Fixed-length packets as (n, L) bytes (lazy): only the runs and rows read are converted."""
+
+    layout: _Layout
+    packets: NDArray[np.uint8]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.layout.names
+
+    @cached_property
+    def bodies(self) -> NDArray[np.void]:
+        return self.layout.bodies(self.packets)
+
+    def fields_with(self, name: str) -> dict[str, NDArray[Any]]:
+        return self.layout.calibrate_run(self.bodies, self.layout.run_of[name])
+
+    def rows(self, index: NDArray[np.intp]) -> _FixedPackets:
+        # Rows of bytes, not of records: numpy copies those several times faster.
+        return _FixedPackets(self.layout, self.packets[index])
+
+
+@dataclass(frozen=True)
+class _VariableRecords:
+    """Where variable-length packets lie in the decoded data (lazy): read when asked."""
+
+    layout: _Layout
+    data: NDArray[np.uint8]
+    raw: bytes | memoryview
+    offset: NDArray[np.int64]
+    length: NDArray[np.int64]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.layout.names
+
+    @cached_property
+    def records(self) -> NDArray[np.void]:
+        return _records(self.layout, self.data, self.offset)
+
+    def fields_with(self, name: str) -> dict[str, NDArray[Any]]:
+        run = self.layout.run_of.get(name)
+        if run is None:  # the text field
+            return {name: _messages(self.layout, self.raw, self.offset, self.length)}
+        return self.layout.calibrate_run(self.records, run)
+
+    def rows(self, index: NDArray[np.intp]) -> _VariableRecords:
+        return _VariableRecords(
+            self.layout, self.data, self.raw, self.offset[index], self.length[index]
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +336,10 @@ class _Layout:
     packet: PacketDef
     view_dtype: np.dtype[np.void]
     runs: tuple[_Run, ...]
+    names: tuple[str, ...]
+    """Every field, in the order `calibrate` and `_variable_fields` return them."""
+    run_of: Mapping[str, _Run]
+    """The run of each numeric field."""
 
     @classmethod
     def compile(cls, packet: PacketDef) -> _Layout:
@@ -220,8 +369,11 @@ class _Layout:
                 "itemsize": packet.record_dtype.itemsize,
             }
         )
+        run_of = {field.name: run for run in runs for field in run.fields}
+        text = () if packet.text_field is None else (packet.text_field.name,)
+        names = (*run_of, *text)
         if packet.packet_dtype is None:  # variable length: applied to gathered records
-            return cls(packet=packet, view_dtype=record, runs=runs)
+            return cls(packet=packet, view_dtype=record, runs=runs, names=names, run_of=run_of)
         # The packet_dtype layout, its body records seen through the runs.
         body = np.dtype((record, (packet.samples,))) if packet.samples > 1 else record
         body_offset = packet.packet_dtype.fields["body"][1]  # type: ignore[index]
@@ -229,23 +381,34 @@ class _Layout:
             {"names": ["body"], "formats": [body], "offsets": [body_offset],
              "itemsize": packet.packet_dtype.itemsize}
         )  # fmt: skip
-        return cls(packet=packet, view_dtype=view, runs=runs)
+        return cls(packet=packet, view_dtype=view, runs=runs, names=names, run_of=run_of)
+
+    def bodies(self, packets: NDArray[np.uint8]) -> NDArray[np.void]:
+        """The bodies of fixed-length packets given as (n, L) bytes, seen through the runs."""
+        return packets.view(self.view_dtype)[:, 0]["body"]
 
     def calibrate(self, body: NDArray[np.void]) -> dict[str, NDArray[Any]]:
         """Engineering values (ICD section 4) of every numeric field of the given bodies."""
         fields: dict[str, NDArray[Any]] = {}
         for run in self.runs:
-            raw = body[run.name]  # (n, fields) or (n, samples, fields), big-endian
-            # A signalling NaN in an f32 field is data, not an error: no FE_INVALID warning.
-            with np.errstate(invalid="ignore"):
-                values: NDArray[Any] = (
-                    raw.astype(run.output)
-                    if run.scale is None
-                    else np.multiply(raw, run.scale, dtype=np.float64)
-                )
-            for column, field in enumerate(run.fields):
-                fields[field.name] = values[..., column]
+            fields |= self.calibrate_run(body, run)
         return fields
+
+    @staticmethod
+    def calibrate_run(body: NDArray[np.void], run: _Run) -> dict[str, NDArray[Any]]:
+        """Engineering values of the fields of one run, converted in one call."""
+        raw = body[run.name]  # (n, fields) or (n, samples, fields), big-endian
+        values: NDArray[Any]
+        if run.scale is not None:
+            values = np.multiply(raw, run.scale, dtype=np.float64)
+        elif raw.dtype.kind == "f":
+            # A signalling NaN in an f32 field is data, not an error: no FE_INVALID warning.
+            # (Only floats can raise it; the context costs as much as a one-row conversion.)
+            with np.errstate(invalid="ignore"):
+                values = raw.astype(run.output)
+        else:
+            values = raw.astype(run.output)
+        return {field.name: values[..., column] for column, field in enumerate(run.fields)}
 
 
 def _run_scale(group: list[FieldDef], samples: int) -> NDArray[np.float64] | None:
@@ -274,10 +437,15 @@ def _same_run(previous: FieldDef, field: FieldDef) -> bool:
 
 
 class PacketDecoder:
-    """One vehicle's compiled dictionary plus its sequence-accounting state."""
+    """One vehicle's compiled dictionary plus its sequence-accounting state.
 
-    def __init__(self, dictionary: VehicleDictionary) -> None:
+    `calibrate="lazy"` defers calibration to the first read of each `ApidColumns.fields`
+    (see the module docstring); the verdicts and per-packet arrays do not depend on it.
+    """
+
+    def __init__(self, dictionary: VehicleDictionary, *, calibrate: Calibration = "eager") -> None:
         self.dictionary: Final = dictionary
+        self.calibration: Final = calibrate
         size = MAX_APID + 1
         # Structure checks by APID (ICD section 6): unknown APIDs accept any length that
         # holds both headers and a CRC.
@@ -299,8 +467,10 @@ class PacketDecoder:
     def decode(self, buffers: Sequence[bytes | memoryview]) -> DecodeResult:
         """Decode buffers (one per envelope) in order; packets never span buffers."""
         views = [memoryview(b).cast("B") for b in buffers]
-        # One copy at most, so that every step below works on a single array.
-        raw: bytes | memoryview = views[0] if len(views) == 1 else b"".join(views)
+        # One copy at most, so that every step below works on a single array. Lazy fields
+        # read the data after decode returns: they must not see a caller's buffer reused.
+        reuse = len(views) == 1 and (self.calibration == "eager" or isinstance(buffers[0], bytes))
+        raw: bytes | memoryview = views[0] if reuse else b"".join(views)
         data = np.frombuffer(raw, dtype=np.uint8)
         sizes = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
         ends = np.cumsum(sizes)
@@ -318,17 +488,18 @@ class PacketDecoder:
         seq[split.tail] = -1
         time[split.tail] = np.nan
 
-        def read_and_calibrate() -> dict[int, _Calibrated]:
+        def read_and_calibrate() -> dict[int, _FixedApid]:
             for group in groups:
                 header = group.rows[:, :HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
                 seq[group.index] = header["sequence"] & _SEQ_MASK
                 time[group.index] = packet_time(header["coarse"], header["fine"])
-            return self._calibrate_fixed(groups, split.apid)
+            return self._fixed_apids(groups, split.apid)
 
-        residues, calibrated = _beside(
+        residues, fixed = _beside(
             lambda: [crc16_rows(group.rows) for group in groups],
             read_and_calibrate,
-            threaded=data.shape[0] >= _THREADED_MIN_BYTES,
+            # Lazy, there is no calibration for the CRC to run beside.
+            threaded=self.calibration == "eager" and data.shape[0] >= _THREADED_MIN_BYTES,
         )
         result = np.zeros(count, dtype=np.uint8)  # OK
         result[split.tail] = MALFORMED
@@ -359,26 +530,21 @@ class PacketDecoder:
             lost[apid] = window.lost - lost_before
             if _size(ok, count) == 0:
                 continue
-            if apid in calibrated:
-                everything = calibrated[apid]
-                index = everything.positions
-                fields = everything.fields
-                if _size(ok, count) != index.shape[0]:  # drop CRC errors and duplicates
-                    keep = result[index] == OK
-                    index = index[keep]
-                    fields = {name: values[keep] for name, values in fields.items()}
-            else:
+            source: _FieldSource
+            if apid not in fixed:
                 index = _positions(ok, count)
-                fields = _variable_fields(
-                    self._layouts[apid], data, raw, split.offset[ok], split.length[ok]
-                )
+                source = self._variable_source(apid, data, raw, split.offset[ok], split.length[ok])
+            elif _size(ok, count) == fixed[apid].positions.shape[0]:
+                index, source = fixed[apid].positions, fixed[apid].source
+            else:
+                index, source = _drop_rejected(fixed[apid], result)
             columns[apid] = ApidColumns(
                 apid=apid,
                 name=packet.name,
                 index=index,
                 seq=seq[ok].astype(np.uint16),
                 time=time[ok],
-                fields=MappingProxyType(fields),
+                source=source,
             )
 
         return DecodeResult(
@@ -416,13 +582,25 @@ class PacketDecoder:
         result[positions[duplicate]] = DUPLICATE
         return positions[~duplicate]
 
-    def _calibrate_fixed(
-        self, groups: list[_Group], apid: NDArray[np.int32]
-    ) -> dict[int, _Calibrated]:
+    def _variable_source(
+        self,
+        apid: int,
+        data: NDArray[np.uint8],
+        raw: bytes | memoryview,
+        offset: NDArray[np.int64],
+        length: NDArray[np.int64],
+    ) -> _FieldSource:
+        """Step 4 for the ok packets of a variable-length APID."""
+        layout = self._layouts[apid]
+        if self.calibration == "lazy":
+            return _VariableRecords(layout, data, raw, offset, length)
+        return _Calibrated(_variable_fields(layout, data, raw, offset, length))
+
+    def _fixed_apids(self, groups: list[_Group], apid: NDArray[np.int32]) -> dict[int, _FixedApid]:
         """Step 4 for fixed-length APIDs: one structured view of each APID's packets."""
         count = apid.shape[0]
         by_length = {group.length: group for group in groups}
-        calibrated: dict[int, _Calibrated] = {}
+        fixed: dict[int, _FixedApid] = {}
         for packet_apid, layout in self._layouts.items():
             group = by_length.get(layout.packet.max_length)
             if group is None or not layout.packet.fixed_length:
@@ -434,11 +612,13 @@ class PacketDecoder:
                 if not mine.any():
                     continue
                 positions, rows = positions[mine], rows[mine]
-            body = rows.view(layout.view_dtype)[:, 0]["body"]
-            calibrated[packet_apid] = _Calibrated(
-                positions=positions, fields=layout.calibrate(body)
+            source: _FieldSource = (
+                _FixedPackets(layout, rows)
+                if self.calibration == "lazy"
+                else _Calibrated(layout.calibrate(layout.bodies(rows)))
             )
-        return calibrated
+            fixed[packet_apid] = _FixedApid(positions=positions, source=source)
+        return fixed
 
     def _split(
         self,
@@ -632,6 +812,14 @@ class PacketDecoder:
         return _merge(packets, tails)
 
 
+def _drop_rejected(
+    fixed: _FixedApid, result: NDArray[np.uint8]
+) -> tuple[NDArray[np.intp], _FieldSource]:
+    """A fixed-length APID's ok packets only: no CRC errors or duplicates."""
+    keep = np.flatnonzero(result[fixed.positions] == OK)
+    return fixed.positions[keep], fixed.source.rows(keep)
+
+
 def _present(apid: NDArray[np.int32], crc_ok: NDArray[np.bool_]) -> dict[int, int]:
     """CRC-valid packets per APID (ICD section 6 accounts only for those)."""
     if crc_ok.all():
@@ -747,20 +935,36 @@ def _variable_fields(
     Text is UTF-8 decoded with errors="replace": a bad byte becomes U+FFFD rather than losing
     the event (docs/decisions.md, Decoder).
     """
-    record_bytes = layout.view_dtype.itemsize
-    records = sliding_window_view(data, record_bytes)[offsets + HEADER_BYTES]
-    fields = layout.calibrate(records.view(layout.view_dtype)[:, 0])
+    fields = layout.calibrate(_records(layout, data, offsets))
     text = layout.packet.text_field
     if text is not None:
-        text_start = HEADER_BYTES + record_bytes
-        messages = [
-            str(raw[offset + text_start : offset + length - CRC_BYTES], "utf-8", "replace")
-            for offset, length in zip(offsets.tolist(), lengths.tolist(), strict=True)
-        ]
-        column = np.empty(len(messages), dtype=object)
-        column[:] = messages
-        fields[text.name] = column
+        fields[text.name] = _messages(layout, raw, offsets, lengths)
     return fields
+
+
+def _records(
+    layout: _Layout, data: NDArray[np.uint8], offsets: NDArray[np.int64]
+) -> NDArray[np.void]:
+    """The fixed parts of variable-length packets, gathered as records of the layout."""
+    records = sliding_window_view(data, layout.view_dtype.itemsize)[offsets + HEADER_BYTES]
+    return records.view(layout.view_dtype)[:, 0]
+
+
+def _messages(
+    layout: _Layout,
+    raw: bytes | memoryview,
+    offsets: NDArray[np.int64],
+    lengths: NDArray[np.int64],
+) -> NDArray[np.object_]:
+    """The text after the fixed part of each packet, as an object array of str."""
+    text_start = HEADER_BYTES + layout.view_dtype.itemsize
+    messages = [
+        str(raw[offset + text_start : offset + length - CRC_BYTES], "utf-8", "replace")
+        for offset, length in zip(offsets.tolist(), lengths.tolist(), strict=True)
+    ]
+    column = np.empty(len(messages), dtype=object)
+    column[:] = messages
+    return column
 
 
 def _positions(index: Index, count: int) -> NDArray[np.intp]:

@@ -555,7 +555,9 @@ def _child_start(settings: _ChildSettings) -> None:
     # which keeps one entry per name, so attaching registers nothing new.
     slots = SharedMemory(name=settings.slots_name)
     dictionaries = load_dictionaries()
-    decoders = {vehicle: PacketDecoder(d) for vehicle, d in dictionaries.items()}
+    # Lazy: telemetry reads a few fields of a few rows (the newest second of IMU samples,
+    # the newest packet of each APID), not every calibrated sample.
+    decoders = {vehicle: PacketDecoder(d, calibrate="lazy") for vehicle, d in dictionaries.items()}
     resumed = resume_sequences(
         decoders,
         ArchiveReader(settings.archive_dir),

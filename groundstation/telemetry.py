@@ -314,12 +314,12 @@ ValueStore = dict[FamilySpec, dict[Labels, float]]
 
 
 class _Writer(Protocol):
-    """Copies the values of one packet (row `row` of its APID's columns) into gauges."""
+    """Copies the values of one packet (the only row of `fields`) into gauges."""
 
     @property
     def inputs(self) -> tuple[str, ...]: ...
 
-    def write(self, values: ValueStore, fields: Fields, row: int) -> None: ...
+    def write(self, values: ValueStore, fields: Fields) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,10 +335,8 @@ class _Copy:
     def inputs(self) -> tuple[str, ...]:
         return (self.field,)
 
-    def write(self, values: ValueStore, fields: Fields, row: int) -> None:
-        values.setdefault(self.family, {})[self.labels] = (
-            float(fields[self.field][row]) * self.scale
-        )
+    def write(self, values: ValueStore, fields: Fields) -> None:
+        values.setdefault(self.family, {})[self.labels] = float(fields[self.field][0]) * self.scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,8 +351,8 @@ class _HorizontalNorm:
     def inputs(self) -> tuple[str, ...]:
         return (self.x_field, self.y_field)
 
-    def write(self, values: ValueStore, fields: Fields, row: int) -> None:
-        speed = math.hypot(float(fields[self.x_field][row]), float(fields[self.y_field][row]))
+    def write(self, values: ValueStore, fields: Fields) -> None:
+        speed = math.hypot(float(fields[self.x_field][0]), float(fields[self.y_field][0]))
         values.setdefault(self.family, {})[()] = speed
 
 
@@ -370,8 +368,8 @@ class _OneHot:
     def inputs(self) -> tuple[str, ...]:
         return (self.field,)
 
-    def write(self, values: ValueStore, fields: Fields, row: int) -> None:
-        current = int(fields[self.field][row])
+    def write(self, values: ValueStore, fields: Fields) -> None:
+        current = int(fields[self.field][0])
         series: dict[Labels, float] = {
             (name,): float(code == current) for code, name in self.names.items()
         }
@@ -393,8 +391,8 @@ class _Flags:
     def inputs(self) -> tuple[str, ...]:
         return (self.field,)
 
-    def write(self, values: ValueStore, fields: Fields, row: int) -> None:
-        flags = int(fields[self.field][row])
+    def write(self, values: ValueStore, fields: Fields) -> None:
+        flags = int(fields[self.field][0])
         series: dict[Labels, float] = {
             (name,): float(flags >> bit & 1) for bit, name in self.names.items()
         }
@@ -571,7 +569,7 @@ class _VibrationWindow:
         self._offsets = np.arange(packet.samples) * (packet.sample_interval_s or 0.0)
         self._packets_kept = MAX_VIBRATION_SAMPLES // packet.samples + 1
         self._times = np.empty(0, dtype=np.float64)
-        self._accel = np.empty((0, 3), dtype=np.float64)
+        self._accel = np.empty((3, 0), dtype=np.float64)  # a row per axis, samples along it
 
     def update(self, imu: ApidColumns) -> None:
         if not imu.time.size:
@@ -584,23 +582,23 @@ class _VibrationWindow:
         if recent.size > self._packets_kept:
             newest = np.argpartition(imu.time[recent], -self._packets_kept)
             recent = recent[newest[-self._packets_kept :]]
-        times = (imu.time[recent, np.newaxis] + self._offsets).ravel()
-        accel = np.stack(
-            [imu.fields[axis][recent].reshape(-1) for axis in ("ax", "ay", "az")], axis=1
-        )
+        # A lazy decoder's IMU columns then calibrate these packets only.
+        packets = imu.rows(recent)
+        times = (packets.time[:, np.newaxis] + self._offsets).ravel()
+        accel = np.stack([packets.fields[axis].reshape(-1) for axis in ("ax", "ay", "az")])
         times = np.concatenate((self._times, times))
-        accel = np.concatenate((self._accel, accel.astype(np.float64)))
+        accel = np.concatenate((self._accel, accel.astype(np.float64, copy=False)), axis=1)
         keep = np.flatnonzero(times > times.max() - VIBRATION_WINDOW_S)
         if keep.size > MAX_VIBRATION_SAMPLES:
             keep = keep[np.argsort(times[keep], kind="stable")[-MAX_VIBRATION_SAMPLES:]]
-        self._times, self._accel = times[keep], accel[keep]
+        self._times, self._accel = times[keep], accel[:, keep]
 
     def rms(self) -> NDArray[np.float64] | None:
         """Per-axis RMS about the mean (gravity and any bias removed), or None if empty."""
         if not self._times.size:
             return None
-        deviation = self._accel - self._accel.mean(axis=0)
-        result: NDArray[np.float64] = np.sqrt(np.mean(deviation * deviation, axis=0))
+        deviation = self._accel - self._accel.mean(axis=1, keepdims=True)
+        result: NDArray[np.float64] = np.sqrt(np.mean(deviation * deviation, axis=1))
         return result
 
 
@@ -634,9 +632,10 @@ class _VehicleState:
 
     def _start_counters(self, dictionary: VehicleDictionary) -> None:
         """Known counter series start at 0, so that rate() sees their first rise."""
-        self.values[ENVELOPES] = {("ok",): 0.0, ("invalid",): 0.0}
-        self.values[ENVELOPES_LOST] = {(): 0.0}
-        self.values[ENVELOPES_DUPLICATE] = {(): 0.0}
+        # Counted once per envelope: kept at hand rather than looked up each time.
+        self._envelopes = self.values[ENVELOPES] = {("ok",): 0.0, ("invalid",): 0.0}
+        self._envelopes_lost = self.values[ENVELOPES_LOST] = {(): 0.0}
+        self._envelopes_duplicate = self.values[ENVELOPES_DUPLICATE] = {(): 0.0}
         self.values[PACKETS] = {}
         for apid in dictionary.packets:
             self._add_apid_row(str(apid))
@@ -672,18 +671,21 @@ class _VehicleState:
         series[labels] = series.get(labels, 0.0) + amount
 
     def record_envelope(self, *, relay: str, seq: int, received_at: float) -> None:
-        window = self._relays.pop(relay, None)
+        window = self._relays.get(relay)
         if window is None:
             # ICD section 6: envelope seq is accounted like packet counts, modulo 2^32.
             window = SequenceWindow(modulus=SEQ_MODULUS, window=SEQ_WINDOW)
             if len(self._relays) >= MAX_RELAYS_PER_VEHICLE:
                 self._relays.popitem(last=False)
-        self._relays[relay] = window  # most recently heard last
+            self._relays[relay] = window
+        else:
+            self._relays.move_to_end(relay)  # most recently heard last
         lost_before = window.lost
         if window.account(seq) == "duplicate":
-            self.add(ENVELOPES_DUPLICATE, (), 1.0)
-        self.add(ENVELOPES, ("ok",), 1.0)
-        self.add(ENVELOPES_LOST, (), float(window.lost - lost_before))
+            self._envelopes_duplicate[()] += 1.0
+        self._envelopes[("ok",)] += 1.0
+        if window.lost != lost_before:
+            self._envelopes_lost[()] += float(window.lost - lost_before)
         receive = self.values.setdefault(LAST_RECEIVE_TIME, {})
         receive[()] = max(received_at, receive.get((), -math.inf))
 
@@ -693,7 +695,10 @@ class _VehicleState:
         for apid, lost in result.lost.items():
             self.add(PACKETS_LOST, (self.apid_label(apid),), float(lost))
         ok = result.result == OK
-        self.latency.observe(ert[result.buffer[ok]] - result.time[ok])
+        if ok.all():  # the usual case: no need to select
+            self.latency.observe(ert[result.buffer] - result.time)
+        else:
+            self.latency.observe(ert[result.buffer[ok]] - result.time[ok])
 
         columns = result.columns
         if self.flight is not None:
@@ -728,8 +733,10 @@ class _VehicleState:
             return
         self._newest[apid] = time
         self.values.setdefault(LAST_PACKET_TIME, {})[(self.apid_label(apid),)] = time
+        # One row: a lazy decoder's columns then calibrate this packet only.
+        fields = packets.rows(np.array([row], dtype=np.intp)).fields
         for writer in self._writers[apid]:
-            writer.write(self.values, packets.fields, row)
+            writer.write(self.values, fields)
 
     def position(self) -> tuple[float, float, float] | None:
         series = self.values.get(POSITION)

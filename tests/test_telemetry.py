@@ -24,7 +24,10 @@ from groundstation.definitions import VehicleDictionary, load_dictionaries, pars
 from groundstation.encoder import encode_packet, encode_packets
 from groundstation.errors import DefinitionError
 from groundstation.metrics import PipelineStatus, TelemetryCollector
+from groundstation.pipeline import Arrival, Pipeline, check_payload
 from groundstation.telemetry import MAX_RELAYS_PER_VEHICLE, MAX_UNKNOWN_APID_LABELS, Telemetry
+from simulators.faults import FAULT_KINDS, parse_faults
+from simulators.run import Simulation, SimulationOptions
 from tests.icd_packets import HELI_HK, hand_pack
 
 T0 = 1_700_000_000.0  # a packet time well inside the SCLK range
@@ -667,3 +670,48 @@ def test_packets_without_a_role_are_counted_only() -> None:
     assert (
         registry.get_sample_value("gs_events_total", {"vehicle": "lab", "severity": "INFO"}) is None
     )
+
+
+def flight_and_stress_arrivals(dictionaries: Mapping[str, VehicleDictionary]) -> list[Arrival]:
+    """Flight 1 with every fault at 4 %, then a stress burst (thousands of IMU packets in a
+    few milliseconds, so the vibration window picks the newest packets of a batch)."""
+    runs = [
+        SimulationOptions(
+            profile="flight1",
+            seed=3,
+            faults=parse_faults(",".join(f"{kind}=0.04" for kind in FAULT_KINDS)),
+            store_and_forward=True,
+        ),
+        SimulationOptions(profile="stress", stress_packets=6000, packets_per_envelope=500),
+    ]
+    return [
+        check_payload(
+            delivery.topic, delivery.payload, 0.0, max_payload_bytes=1 << 24, vehicles=dictionaries
+        )
+        for options in runs
+        for delivery in Simulation(options, start_time=T0).deliveries()
+        if delivery.payload is not None
+    ]
+
+
+def test_lazy_decoders_give_the_same_snapshots(dictionaries: dict[str, VehicleDictionary]) -> None:
+    """One stream through two Pipelines, eager and lazy decoders, in batches of 7: after
+    every batch the snapshots are equal (the stream has events, vibration and faults)."""
+    arrivals = flight_and_stress_arrivals(dictionaries)
+    pipelines = [
+        Pipeline(
+            dictionaries,
+            telemetry=Telemetry(dictionaries),
+            decoders={v: PacketDecoder(d, calibrate=mode) for v, d in dictionaries.items()},
+            clock=lambda: 0.0,  # gs_decode_seconds would differ by timing alone
+        )
+        for mode in ("eager", "lazy")
+    ]
+    for start in range(0, len(arrivals), 7):
+        for pipeline in pipelines:
+            pipeline.process(arrivals[start : start + 7])
+        eager_snapshot, lazy_snapshot = (p.telemetry.snapshot() for p in pipelines)
+        assert lazy_snapshot == eager_snapshot
+    families = {f.family.name: f.samples for f in pipelines[1].telemetry.snapshot().families}
+    assert sum(value for _, value in families["gs_events_total"]) > 0
+    assert families["gs_vibration_rms_mps2"]
