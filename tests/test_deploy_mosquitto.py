@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from groundstation.archive import ArchiveReader
+from groundstation.config import ENV_PASSWORD, load_config
+from groundstation.daemon import running_daemon
+from tests.daemon_support import envelope, hk_packet, processed, scrape
 from tests.services import LOOPBACK, Mosquitto, find_binary, free_port, wait_for_port
 
 DEPLOY_MOSQUITTO: Final = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
@@ -403,3 +408,51 @@ def test_offline_daemon_keeps_a_whole_playback_across_a_broker_restart(
         received = [daemon.next_message() for _ in range(count)]
     assert [int.from_bytes(payload[:4], "big") for _, payload in received] == list(range(count))
     assert "dropped" not in deployed_mosquitto.log_file.read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_daemon_receives_a_burst_over_tls_with_its_account(
+    deployed_mosquitto: DeployedMosquitto, tmp_path: Path
+) -> None:
+    """The daemon on the TLS listener, as deployed: every envelope archived and decoded.
+
+    1. the daemon connects to the TLS listener as `groundstation` (password from the
+       environment, the test CA as ca_file);
+    2. the helicopter's account publishes 120 envelopes of 1 to 90 KiB on the plain
+       listener, so the subscriber's 256 KiB reads hold several messages and split others;
+    3. all 120 are decoded, in order, and archived byte for byte.
+    """
+    config_file = tmp_path / "groundstation.toml"
+    config_file.write_text(
+        "[broker]\n"
+        f'host = "{LOOPBACK}"\nport = {deployed_mosquitto.tls_port}\ntls = true\n'
+        f'ca_file = "{deployed_mosquitto.tls.ca_cert}"\nusername = "groundstation"\n'
+        'client_id = "gs-tls"\n'
+        f'[archive]\ndirectory = "{tmp_path / "archive"}"\n'
+        f'[metrics]\nhost = "{LOOPBACK}"\nport = 0\n'
+    )
+    config = load_config(config_file, env={ENV_PASSWORD: PASSWORDS["groundstation"]})
+    sizes = [1 + seq * 37 % 3000 for seq in range(120)]  # HK packets (30 B) per envelope
+    payloads = [
+        envelope(seq, packets=b"".join(hk_packet(seq * 3000 + k) for k in range(size)))
+        for seq, size in enumerate(sizes)
+    ]
+    async with running_daemon(config) as daemon:
+        assert daemon.subscriber is not None
+        await daemon.subscriber.connected_event.wait()
+        async with aiomqtt.Client(
+            LOOPBACK,
+            deployed_mosquitto.port,
+            username="ingenuity",
+            password=PASSWORDS["ingenuity"],
+        ) as heli:
+            for payload in payloads:
+                await heli.publish("mars/tm/ingenuity", payload, qos=1)
+        await processed(daemon, len(payloads))
+        metrics = await scrape(daemon.metrics_address)
+    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == len(payloads)
+    assert metrics['gs_envelopes_lost_total{vehicle="ingenuity"}'] == 0
+    records = list(ArchiveReader(config.archive.directory).records())
+    assert [record.payload for record in records] == payloads
+    assert max(len(p) for p in payloads) > 64 * 1024
