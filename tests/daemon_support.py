@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import msgpack
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
 from tests.icd_packets import HELI_HK, hand_pack
-from tests.services import LOOPBACK, Mosquitto, free_port
+from tests.services import LOOPBACK, Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 HK_PER_ENVELOPE = 3
@@ -133,78 +128,3 @@ def replay_summary(archive: Path) -> dict[str, Any]:
     assert completed.returncode == 0, completed.stderr.decode()
     summary: dict[str, Any] = json.loads(completed.stdout)
     return summary
-
-
-@dataclass
-class DaemonProcess:
-    """`python -m groundstation run` as a subprocess, for signal and crash tests."""
-
-    process: subprocess.Popen[bytes]
-    metrics_port: int
-    log: Path
-
-    def url(self, path: str) -> str:
-        return f"http://{LOOPBACK}:{self.metrics_port}{path}"
-
-    def wait_healthy(self, timeout_s: float = 20.0) -> None:
-        """Until /healthz says 200 (subscribed), or fail with the daemon's log."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"daemon exited with {self.process.returncode}:\n{self.output()}")
-            with contextlib.suppress(OSError):
-                if get(self.url("/healthz"))[0] == 200:
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"daemon not healthy within {timeout_s} s:\n{self.output()}")
-
-    def metrics(self) -> dict[str, float]:
-        status, text = get(self.url("/metrics"))
-        assert status == 200
-        return parse_metrics(text)
-
-    def stop(self, signum: signal.Signals, *, timeout_s: float = 30.0) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=timeout_s)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@contextlib.contextmanager
-def daemon_process(
-    broker: Mosquitto, archive: Path, *, extra_args: Sequence[str] = ()
-) -> Iterator[DaemonProcess]:
-    """A healthy daemon subprocess; killed on exit if the test did not stop it."""
-    port = free_port()
-    log = archive.parent / f"daemon-{port}.log"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "groundstation",
-                "run",
-                "--broker",
-                broker.url,
-                "--metrics-addr",
-                f"{LOOPBACK}:{port}",
-                "--archive-dir",
-                str(archive),
-                "--client-id",
-                "gs-process-test",
-                *extra_args,
-            ],
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    daemon = DaemonProcess(process=process, metrics_port=port, log=log)
-    try:
-        daemon.wait_healthy()
-        yield daemon
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()

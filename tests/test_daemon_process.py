@@ -13,20 +13,14 @@ import msgpack
 import pytest
 
 from groundstation.archive import ArchiveReader
-from tests.daemon_support import (
-    HK_PER_ENVELOPE,
-    DaemonProcess,
-    daemon_process,
-    envelope,
-    publish,
-    replay_summary,
-)
+from tests.daemon_support import HK_PER_ENVELOPE, envelope, publish, replay_summary
+from tests.reliability_support import DaemonProcess, running_daemon, total
 from tests.services import Mosquitto
 
 pytestmark = [pytest.mark.integration]
 
 ENVELOPES = 3000
-OK_ENVELOPES = 'gs_envelopes_total{result="ok",vehicle="ingenuity"}'
+CLIENT_ID = "gs-process-test"
 OK_PACKETS = 'gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'
 DUPLICATE_PACKETS = 'gs_packets_total{apid="100",result="duplicate",vehicle="ingenuity"}'
 
@@ -41,15 +35,24 @@ def publish_in_background(port: int) -> threading.Thread:
     return thread
 
 
+def ok_envelopes(daemon: DaemonProcess) -> float:
+    return total(daemon.scrape(), "gs_envelopes_total", result="ok", vehicle="ingenuity")
+
+
 def wait_until_ingesting(daemon: DaemonProcess, *, envelopes: int) -> float:
     """Poll /metrics until the daemon has decoded `envelopes` envelopes (mid-stream)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        seen = daemon.metrics().get(OK_ENVELOPES, 0.0)
+        seen = ok_envelopes(daemon)
         if seen >= envelopes:
             return seen
         time.sleep(0.01)
-    pytest.fail(f"daemon did not reach {envelopes} envelopes:\n{daemon.output()}")
+    pytest.fail(f"daemon did not reach {envelopes} envelopes:\n{daemon.log_tail()}")
+
+
+def new_daemon(mosquitto: Mosquitto, workdir: Path) -> DaemonProcess:
+    """A daemon process whose archive is `workdir / "archive"`; restarts reuse the session."""
+    return DaemonProcess(workdir=workdir, broker_port=mosquitto.port, client_id=CLIENT_ID)
 
 
 def archived_seqs(archive: Path) -> collections.Counter[int]:
@@ -61,20 +64,25 @@ def archived_seqs(archive: Path) -> collections.Counter[int]:
     )
 
 
-def finish_with_second_daemon(mosquitto: Mosquitto, archive: Path) -> dict[str, float]:
-    """Restart with the same client id and archive; wait until all is archived and decoded."""
-    archived_before = sum(archived_seqs(archive).values())
-    with daemon_process(mosquitto, archive) as daemon:
+def finish_with_second_daemon(mosquitto: Mosquitto, workdir: Path) -> float:
+    """Restart with the same client id and archive; wait until all is archived and decoded.
+
+    Returns the duplicate packets the second daemon counted."""
+    daemon = new_daemon(mosquitto, workdir)
+    archived_before = sum(archived_seqs(daemon.archive_dir).values())
+    with running_daemon(daemon):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            seqs = archived_seqs(archive)
-            metrics = daemon.metrics()
-            decoded = metrics.get(OK_ENVELOPES, 0.0)
+            seqs = archived_seqs(daemon.archive_dir)
+            samples = daemon.scrape()
+            decoded = total(samples, "gs_envelopes_total", result="ok", vehicle="ingenuity")
             if len(seqs) == ENVELOPES and decoded == sum(seqs.values()) - archived_before:
                 break
             time.sleep(0.05)
-        assert daemon.stop(signal.SIGTERM) == 0
-    return metrics
+        daemon.stop()
+        assert daemon.process is not None
+        assert daemon.process.returncode == 0
+    return total(samples, "gs_packets_total", apid="100", result="duplicate")
 
 
 def test_sigterm_mid_stream_drains_and_exits_zero(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -87,19 +95,20 @@ def test_sigterm_mid_stream_drains_and_exits_zero(mosquitto: Mosquitto, tmp_path
     4. the archive holds every envelope exactly once (no loss, no duplicate from the stop),
        and `groundstation replay` counts all 9,000 packets ok.
     """
-    archive = tmp_path / "archive"
-    with daemon_process(mosquitto, archive) as daemon:
+    daemon = new_daemon(mosquitto, tmp_path / "daemon")
+    archive = daemon.archive_dir
+    with running_daemon(daemon):
         publisher = publish_in_background(mosquitto.port)
         wait_until_ingesting(daemon, envelopes=500)
-        started = time.monotonic()
-        assert daemon.stop(signal.SIGTERM) == 0
-        stop_s = time.monotonic() - started
-        assert stop_s < 10, daemon.output()  # ingest.shutdown_timeout_s, the default
-        assert "drained in" in daemon.output()
+        stop_s = daemon.stop()
+        assert daemon.process is not None
+        assert daemon.process.returncode == 0
+        assert stop_s < 10, daemon.log_tail()  # ingest.shutdown_timeout_s, the default
+        assert "drained in" in daemon.log_path.read_text()
     first_run = archived_seqs(archive)
     assert 500 <= len(first_run) < ENVELOPES
     publisher.join()
-    finish_with_second_daemon(mosquitto, archive)
+    finish_with_second_daemon(mosquitto, daemon.workdir)
     seqs = archived_seqs(archive)
     assert set(seqs) == set(range(ENVELOPES))
     assert max(seqs.values()) == 1
@@ -118,17 +127,20 @@ def test_kill_9_mid_stream_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -
     4. every envelope sent is in the archive; those archived twice (archived, crashed
        before the ack) count as duplicate packets, live in the second run and in replay.
     """
-    archive = tmp_path / "archive"
-    with daemon_process(mosquitto, archive) as daemon:
+    daemon = new_daemon(mosquitto, tmp_path / "daemon")
+    archive = daemon.archive_dir
+    with running_daemon(daemon):
         publisher = publish_in_background(mosquitto.port)
         wait_until_ingesting(daemon, envelopes=500)
-        assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+        daemon.stop(kill=True)
+        assert daemon.process is not None
+        assert daemon.process.returncode == -signal.SIGKILL
     publisher.join()
-    second_run = finish_with_second_daemon(mosquitto, archive)
+    duplicates_counted = finish_with_second_daemon(mosquitto, daemon.workdir)
     seqs = archived_seqs(archive)
     assert set(seqs) == set(range(ENVELOPES))  # none lost
     redelivered = sum(count - 1 for count in seqs.values())
-    assert second_run.get(DUPLICATE_PACKETS, 0.0) == redelivered * HK_PER_ENVELOPE
+    assert duplicates_counted == redelivered * HK_PER_ENVELOPE
     summary = replay_summary(archive)
     assert summary["counters"][DUPLICATE_PACKETS] == redelivered * HK_PER_ENVELOPE
     assert summary["counters"][OK_PACKETS] == ENVELOPES * HK_PER_ENVELOPE
