@@ -1,4 +1,4 @@
-"""Daemon test helpers: hand-packed envelopes, publishing, scraping, a subprocess daemon."""
+"""Daemon test helpers: hand-packed envelopes, publishing, scraping, replay as a subprocess."""
 
 from __future__ import annotations
 
