@@ -117,10 +117,9 @@ class ArchiveWriter:
         self._start_segment()
 
     def append(self, records: Sequence[ArchiveRecord]) -> None:
-        """Write `records` in order, then `commit`: on disk on return if fsync=always."""
-        with self._lock:
-            self._append(records)
-            self._sync_per_policy()
+        """`write`, then `commit`: on disk on return if fsync=always."""
+        self.write(records)
+        self.commit()
 
     def write(self, records: Sequence[ArchiveRecord]) -> None:
         """Write `records` in order: on return they are in the kernel (they survive kill -9)."""

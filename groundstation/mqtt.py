@@ -400,7 +400,7 @@ class Subscriber(Generic[_T]):
                 sock = paho_client.socket()
                 if sock is None:
                     break
-                if inbox.qsize() == queued and not (hasattr(sock, "pending") and sock.pending()):
+                if inbox.qsize() == queued and not sock.pending():  # _BufferedReads
                     break
         except Exception as error:  # as aiomqtt: any failure here means the link broke
             disconnected = client._disconnected

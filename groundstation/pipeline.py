@@ -383,7 +383,6 @@ class PacketSlots:
         self.slot_bytes = slot_bytes
         # Pages are allocated on first touch: the slots cost what the batches use.
         self._memory = SharedMemory(create=True, size=lanes * slot_bytes)
-        self._buffer = shared_buffer(self._memory)
 
     @property
     def name(self) -> str:
@@ -393,7 +392,7 @@ class PacketSlots:
         """Copy the batch's packets into the lane's slot; raises if they do not fit."""
         if not 0 <= lane < self.lanes:
             raise ValueError(f"no lane {lane}")
-        slot = self._buffer[lane * self.slot_bytes : (lane + 1) * self.slot_bytes]
+        slot = shared_buffer(self._memory)[lane * self.slot_bytes : (lane + 1) * self.slot_bytes]
         try:
             at = 0
             items: list[ShippedEnvelope | Arrival] = []
@@ -470,25 +469,28 @@ class PipelineProcess:
         batch_max_bytes: int,
         lanes: int = DECODE_BATCHES_IN_FLIGHT,
     ) -> None:
-        self._resume = (archive_dir, resume_tail_bytes, max_payload_bytes, batch_size)
-        # A batch holds at most batch_max_bytes of payloads, or one payload of any size
-        # (IngestQueue.take), and packets are never larger than their payload.
-        self._slot_bytes = max(batch_max_bytes, max_payload_bytes)
+        self._settings = _ChildSettings(
+            archive_dir=archive_dir,
+            resume_tail_bytes=resume_tail_bytes,
+            max_payload_bytes=max_payload_bytes,
+            batch_size=batch_size,
+            # A batch holds at most batch_max_bytes of payloads, or one payload of any size
+            # (IngestQueue.take), and packets are never larger than their payload.
+            slot_bytes=max(batch_max_bytes, max_payload_bytes),
+        )
         self._lanes = lanes
         self._slots: PacketSlots | None = None
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> int:
         """Spawn the child and resume its sequence accounting; returns envelopes resumed."""
-        self._slots = PacketSlots(lanes=self._lanes, slot_bytes=self._slot_bytes)
+        self._slots = PacketSlots(lanes=self._lanes, slot_bytes=self._settings.slot_bytes)
         # spawn, not fork: the parent has threads (HTTP server, executor) by now.
         self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_start,
-            initargs=(
-                _ChildSettings(*self._resume, self._slots.name, slot_bytes=self._slot_bytes),
-            ),
+            initargs=(self._settings, self._slots.name),
         )
         return await asyncio.get_running_loop().run_in_executor(self._pool, _child_resumed)
 
@@ -516,13 +518,12 @@ class PipelineProcess:
 
 @dataclass(frozen=True, slots=True)
 class _ChildSettings:
-    """What the decoding child needs to start: where to resume from, and its slots."""
+    """What the decoding child needs to start: where to resume from, and its slots' size."""
 
     archive_dir: Path
     resume_tail_bytes: int
     max_payload_bytes: int
     batch_size: int
-    slots_name: str
     slot_bytes: int
 
 
@@ -533,14 +534,13 @@ class _Child:
     pipeline: Pipeline
     resumed_envelopes: int
     slots: SharedMemory
-    slots_buffer: memoryview
     slot_bytes: int
 
 
 _child: _Child | None = None
 
 
-def _child_start(settings: _ChildSettings) -> None:
+def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     global _child  # noqa: PLW0603 - one pipeline per child process
     # Ctrl-C reaches the whole process group, and systemd's default KillMode SIGTERMs the
     # whole cgroup: the parent alone decides when the child stops (it drains first).
@@ -553,7 +553,7 @@ def _child_start(settings: _ChildSettings) -> None:
     ).start()
     # The parent owns (and unlinks) the memory; the child shares its resource tracker,
     # which keeps one entry per name, so attaching registers nothing new.
-    slots = SharedMemory(name=settings.slots_name)
+    slots = SharedMemory(name=slots_name)
     dictionaries = load_dictionaries()
     # Lazy: telemetry reads a few fields of a few rows (the newest second of IMU samples,
     # the newest packet of each APID), not every calibrated sample.
@@ -569,7 +569,6 @@ def _child_start(settings: _ChildSettings) -> None:
         pipeline=Pipeline(dictionaries, telemetry=Telemetry(dictionaries), decoders=decoders),
         resumed_envelopes=resumed,
         slots=slots,
-        slots_buffer=shared_buffer(slots),
         slot_bytes=settings.slot_bytes,
     )
 
@@ -586,7 +585,8 @@ def _child_resumed() -> int:
 
 def _child_process(shipment: Shipment) -> TelemetrySnapshot:
     child = _started_child()
-    child.pipeline.process(unpack_shipment(child.slots_buffer, child.slot_bytes, shipment))
+    arrivals = unpack_shipment(shared_buffer(child.slots), child.slot_bytes, shipment)
+    child.pipeline.process(arrivals)
     return child.pipeline.telemetry.snapshot()
 
 
