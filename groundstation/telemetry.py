@@ -357,8 +357,8 @@ class _HorizontalNorm:
 
 
 @dataclass(frozen=True, slots=True)
-class _OneHot:
-    """An enum field as one gauge per name, 1 for the current value (ICD section 5)."""
+class _NamedCodes:
+    """A field whose codes (or bits) the dictionary names, exported as one gauge per name."""
 
     family: FamilySpec
     field: str
@@ -367,6 +367,12 @@ class _OneHot:
     @property
     def inputs(self) -> tuple[str, ...]:
         return (self.field,)
+
+
+class _OneHot(_NamedCodes):
+    """An enum field as one gauge per name, 1 for the current value (ICD section 5)."""
+
+    __slots__ = ()
 
     def write(self, values: ValueStore, fields: Fields) -> None:
         current = int(fields[self.field][0])
@@ -379,17 +385,10 @@ class _OneHot:
         values[self.family] = series
 
 
-@dataclass(frozen=True, slots=True)
-class _Flags:
+class _Flags(_NamedCodes):
     """A flag byte as one 1/0 gauge per named bit (bits without a name are not exported)."""
 
-    family: FamilySpec
-    field: str
-    names: Mapping[int, str]
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (self.field,)
+    __slots__ = ()
 
     def write(self, values: ValueStore, fields: Fields) -> None:
         flags = int(fields[self.field][0])

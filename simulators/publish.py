@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,6 +23,7 @@ import aiomqtt
 
 from groundstation.config import BrokerConfig, make_tls_context
 from groundstation.errors import GroundstationError
+from groundstation.mqtt import backoff_delay_s
 from simulators.delivery import Delivery
 
 logger = logging.getLogger(__name__)
@@ -145,14 +147,15 @@ class MqttSink:
             self._start(item)
 
     async def _connect(self) -> None:
-        """Connect, retrying with capped exponential backoff within the reconnect budget."""
+        """Connect, retrying with the daemon's capped, jittered backoff within the budget."""
         config = self.config
         loop = asyncio.get_running_loop()
         deadline = (
             None if self.reconnect_timeout_s is None else loop.time() + self.reconnect_timeout_s
         )
-        delay = config.reconnect_min_s
         tls_context = make_tls_context(config)
+        rng = random.Random()
+        attempt = 0
         while True:
             stack = contextlib.AsyncExitStack()
             client = aiomqtt.Client(
@@ -174,6 +177,13 @@ class MqttSink:
                 return
             except aiomqtt.MqttError as error:
                 await stack.aclose()
+                delay = backoff_delay_s(
+                    attempt,
+                    minimum_s=config.reconnect_min_s,
+                    maximum_s=config.reconnect_max_s,
+                    rng=rng,
+                )
+                attempt += 1
                 if deadline is not None and loop.time() + delay > deadline:
                     raise BrokerUnavailableError(
                         f"broker {config.url} unreachable for {self.reconnect_timeout_s:g} s: "
@@ -184,7 +194,6 @@ class MqttSink:
                     extra={"broker": config.url, "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2.0, config.reconnect_max_s)
 
     async def _close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
