@@ -226,6 +226,18 @@ class _Split:
 
 
 @dataclass(frozen=True, kw_only=True)
+class _Chains:
+    """The header chains of mixed buffers: their packets in input order, and where each
+    buffer's chain stops (its malformed tail, if before the buffer's end)."""
+
+    offset: NDArray[np.int64]
+    length: NDArray[np.int64]
+    apid: NDArray[np.int32]
+    owner_rank: NDArray[np.intp]  # the packet's buffer, as a rank among the walked ones
+    tail_start: NDArray[np.int64]  # one per walked buffer
+
+
+@dataclass(frozen=True, kw_only=True)
 class _Group:
     """Packets of one length: their entries and their bytes as (n, L) rows."""
 
@@ -702,22 +714,22 @@ class PacketDecoder:
 
     def _follow_lengths(
         self, data: NDArray[np.uint8], starts: NDArray[np.int64], ends: NDArray[np.int64]
-    ) -> tuple[NDArray[np.int64], NDArray[np.intp], NDArray[np.int64]]:
+    ) -> _Chains:
         """Each buffer's chain of sound headers, each found by the previous one's length.
 
-        Returns the packets' offsets, the rank of each one's buffer, and where each buffer's
-        chain stops (its malformed tail, if before the end). A Python loop over the length
-        fields took half the decode time of a mixed stream; instead every byte that can
-        start a sound header (ICD section 3: version 0, telemetry, secondary header) is a
-        node pointing at the header its length leads to, and the chains from the buffers'
-        starts are collected by pointer doubling: levels that jump 1, 2, 4, ... headers.
+        A Python loop over the length fields took half the decode time of a mixed stream;
+        instead every byte that can start a sound header (ICD section 3: version 0,
+        telemetry, secondary header, unsegmented; a length its APID allows) is a node
+        pointing at the header its length leads to, and the chains from the buffers' starts
+        are collected by pointer doubling: levels that jump 1, 2, 4, ... headers.
         """
         low, high = int(starts.min()), int(ends.max())
         span = data[low:high]
         positions = max(0, span.shape[0] - PRIMARY_HEADER_BYTES + 1)
-        # Bytes 0 and 2 of a sound header: the fixed packet-id bits and "unsegmented".
+        # Bytes 0 and 2 of a sound header: the fixed packet-id bits, and "unsegmented",
+        # which is both sequence-flag bits set (the top two of byte 2: one comparison).
         possible = (span[:positions] & PACKET_ID_FIXED_MASK >> 8) == PACKET_ID_FIXED >> 8
-        possible &= (span[2 : 2 + positions] & SEQ_FLAGS_MASK >> 8) == SEQ_FLAGS_UNSEGMENTED >> 8
+        possible &= span[2 : 2 + positions] >= SEQ_FLAGS_UNSEGMENTED >> 8
         candidate = np.flatnonzero(possible).astype(np.int64) + low
         # The buffers are contiguous and in order: a candidate's buffer by binary search.
         rank = np.searchsorted(starts, candidate, side="right") - 1
@@ -735,6 +747,7 @@ class PacketDecoder:
             & (following <= ends[rank])
         )
         node, following, node_rank = candidate[good], following[good], rank[good]
+        node_length, node_apid = length[good], apid[good]
         count = node.shape[0]
         # next[i]: the node at node i's following header, or `count` (the chain ends there).
         at = np.searchsorted(node, following)
@@ -759,12 +772,18 @@ class PacketDecoder:
             chain = np.concatenate((chain, ahead))
             jump = jump[jump]
         chain.sort()
-        offset, owner_rank = node[chain], node_rank[chain]
+        owner_rank = node_rank[chain]
         tail_start = starts.copy()
         if chain.shape[0]:
             last = np.flatnonzero(np.append(owner_rank[1:] != owner_rank[:-1], True))
             tail_start[owner_rank[last]] = following[chain[last]]
-        return offset, owner_rank, tail_start
+        return _Chains(
+            offset=node[chain],
+            length=node_length[chain],
+            apid=node_apid[chain].astype(np.int32),
+            owner_rank=owner_rank,
+            tail_start=tail_start,
+        )
 
     def _walk(
         self,
@@ -773,33 +792,17 @@ class PacketDecoder:
         starts: NDArray[np.int64],
         ends: NDArray[np.int64],
     ) -> _Split:
-        """Step 1 for mixed buffers: follow the length fields, then check all headers at once."""
-        offset, owner_rank, tail_start = self._follow_lengths(data, starts[buffers], ends[buffers])
-        words = _header_words(data, offset)
-        length = words[:, 2] + _LENGTH_OFFSET
-        packet_apid = (words[:, 0] & _APID_MASK).astype(np.int32)
-        sound = (
-            ((words[:, 0] & PACKET_ID_FIXED_MASK) == PACKET_ID_FIXED)
-            & ((words[:, 1] & SEQ_FLAGS_MASK) == SEQ_FLAGS_UNSEGMENTED)
-            & (length >= self._min_length[packet_apid])
-            & (length <= self._max_length[packet_apid])
-        )
-        if not sound.all():
-            # The first unsound header of a buffer starts its malformed tail (ICD section 6).
-            unsound = np.flatnonzero(~sound)
-            ranks, first = np.unique(owner_rank[unsound], return_index=True)
-            tail_start[ranks] = offset[unsound[first]]
-            keep = offset < tail_start[owner_rank]
-            offset, length, owner_rank = offset[keep], length[keep], owner_rank[keep]
-            packet_apid = packet_apid[keep]
+        """Step 1 for mixed buffers: the header chains, and a malformed tail where one stops."""
+        chains = self._follow_lengths(data, starts[buffers], ends[buffers])
+        tail_start = chains.tail_start
         tail_end = ends[buffers]
         has_tail = tail_start < tail_end
         tail_start, tail_end = tail_start[has_tail], tail_end[has_tail]
         packets = _Split(
-            offset=offset,
-            length=length,
-            buffer=buffers[owner_rank],
-            apid=packet_apid,
+            offset=chains.offset,
+            length=chains.length,
+            buffer=buffers[chains.owner_rank],
+            apid=chains.apid,
             tail=np.zeros(0, dtype=np.intp),
         )
         tails = _Split(
@@ -854,6 +857,10 @@ def _tail_apid(
 
 def _merge(first: _Split, second: _Split) -> _Split:
     """Two sets of entries, each in input order, as one in input order."""
+    if second.offset.shape[0] == 0:
+        return first
+    if first.offset.shape[0] == 0:
+        return second
     offset = np.concatenate([first.offset, second.offset])
     # Two sorted runs: the stable sort (timsort) merges them in linear time.
     order = np.argsort(offset, kind="stable")
