@@ -730,33 +730,41 @@ class PacketDecoder:
         # which is both sequence-flag bits set (the top two of byte 2: one comparison).
         possible = (span[:positions] & PACKET_ID_FIXED_MASK >> 8) == PACKET_ID_FIXED >> 8
         possible &= span[2 : 2 + positions] >= SEQ_FLAGS_UNSEGMENTED >> 8
-        candidate = np.flatnonzero(possible).astype(np.int64) + low
+        candidate = np.flatnonzero(possible).astype(np.int64, copy=False)
+        if low:
+            candidate += low
         # The buffers are contiguous and in order: a candidate's buffer by binary search.
         rank = np.searchsorted(starts, candidate, side="right") - 1
         inside = rank >= 0
         inside[inside] = candidate[inside] + PRIMARY_HEADER_BYTES <= ends[rank[inside]]
         candidate, rank = candidate[inside], rank[inside]
-        words = _header_words(data, candidate)
-        length = words[:, 2] + _LENGTH_OFFSET
-        apid = words[:, 0] & _APID_MASK
+        # The scan checked bytes 0 and 2; the APID (bytes 0-1) and the length (4-5) remain.
+        apid = (data[candidate].astype(np.int64) & _APID_MASK >> 8) << 8 | data[candidate + 1]
+        length = (data[candidate + 4].astype(np.int64) << 8 | data[candidate + 5]) + _LENGTH_OFFSET
         following = candidate + length
         good = (
-            ((words[:, 1] & SEQ_FLAGS_MASK) == SEQ_FLAGS_UNSEGMENTED)
-            & (length >= self._min_length[apid])
+            (length >= self._min_length[apid])
             & (length <= self._max_length[apid])
             & (following <= ends[rank])
         )
         node, following, node_rank = candidate[good], following[good], rank[good]
         node_length, node_apid = length[good], apid[good]
         count = node.shape[0]
-        # next[i]: the node at node i's following header, or `count` (the chain ends there).
-        at = np.searchsorted(node, following)
+        # jump[i]: the node at node i's following header, or `count` (the chain ends there).
+        # Usually that is the next node; a binary search finds the others. A chain ending
+        # exactly at its buffer's end must not run on into the next buffer.
+        jump = np.full(count + 1, count, dtype=np.int64)
+        step = (node[1:] == following[:-1]) & (node_rank[1:] == node_rank[:-1])
+        jump[:-2][step] = np.flatnonzero(step) + 1
+        elsewhere = np.flatnonzero(~step)
+        if count:
+            elsewhere = np.append(elsewhere, count - 1)
+        at = np.searchsorted(node, following[elsewhere])
         found = at < count
-        # A chain ending exactly at its buffer's end must not run on into the next buffer.
-        found[found] = (node[at[found]] == following[found]) & (
-            node_rank[at[found]] == node_rank[found]
+        found[found] = (node[at[found]] == following[elsewhere[found]]) & (
+            node_rank[at[found]] == node_rank[elsewhere[found]]
         )
-        jump = np.append(np.where(found, at, count), count)
+        jump[elsewhere[found]] = at[found]
         at_start = np.searchsorted(node, starts)
         on_chain = at_start < count
         # An empty buffer shares its start with the next one: a chain must be its own.
@@ -771,7 +779,10 @@ class PacketDecoder:
                 break
             chain = np.concatenate((chain, ahead))
             jump = jump[jump]
-        chain.sort()
+        # Distinct nodes, in no order: marking them sorts them in linear time.
+        chained = np.zeros(count, dtype=np.bool_)
+        chained[chain] = True
+        chain = np.flatnonzero(chained)
         owner_rank = node_rank[chain]
         tail_start = starts.copy()
         if chain.shape[0]:
