@@ -11,7 +11,7 @@ import pytest
 
 from groundstation.archive import ArchiveReader
 from groundstation.cli.replay import replay
-from groundstation.config import Overrides, load_config
+from groundstation.config import MqttVersion, Overrides, load_config
 from groundstation.daemon import running_daemon
 from tests.daemon_support import (
     HK_BATTERY_VOLTAGE_V,
@@ -205,10 +205,14 @@ async def test_a_resumed_backlog_stays_bounded_in_the_daemon(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
 async def test_stop_with_a_backlog_at_the_broker_is_quick_and_loses_nothing(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, mqtt_version: MqttVersion
 ) -> None:
     """Stopping while the broker holds a backlog: receiving stops at once, nothing lost.
+
+    On both protocols: each batch's PUBACKs leave as one write, and the broker must take
+    every one of them, or step 4 would find envelopes archived twice.
 
     1. run the daemon once so the session exists, stop it;
     2. publish 4,000 envelopes while it is down;
@@ -219,6 +223,9 @@ async def test_stop_with_a_backlog_at_the_broker_is_quick_and_loses_nothing(
     """
     backlog = 4_000
     config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config, broker=dataclasses.replace(config.broker, mqtt_version=mqtt_version)
+    )
     async with running_daemon(config) as daemon:
         await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
     await publish(mosquitto.port, [envelope(seq) for seq in range(backlog)])
