@@ -5,7 +5,8 @@ archive. aiomqtt 2.x acknowledges on receipt and cannot be told otherwise, and i
 queue drops messages it has already acknowledged (aiomqtt issue #345; the fix, PR #346, is
 not merged). paho-mqtt >= 2.0 has manual acknowledgement (`manual_ack_set`, `ack`), and
 aiomqtt drives a paho client it keeps as `Client._client`; we switch it on there, as the
-workaround in issue #345 does. That private access is confined to this module.
+workaround in issue #345 does, and send a batch's PUBACKs ourselves in one write
+(`_ack`). Those private accesses are confined to this module.
 
 Backpressure: every message we have not acknowledged counts against the broker's in-flight
 window (MQTT 5 Receive Maximum, which we send in CONNECT; on MQTT 3.1.1 the broker's own
@@ -432,12 +433,10 @@ class Subscriber(Generic[_T]):
 
 
 class _ManualAck(Protocol):
-    """The paho-mqtt >= 2.0 methods we use (the installed paho 1.x stubs lack the first
-    two; `_packet_queue` is private: it queues raw bytes for paho's writer, `_ack`)."""
+    """The paho-mqtt >= 2.0 methods we use (the installed paho 1.x stubs lack
+    `manual_ack_set`; `_packet_queue` is private: it queues raw bytes for paho's writer)."""
 
     def manual_ack_set(self, on: bool) -> None: ...
-
-    def ack(self, mid: int, qos: int) -> int: ...
 
     def _packet_queue(self, command: int, packet: bytes, mid: int, qos: int) -> int: ...
 
