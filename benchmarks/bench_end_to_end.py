@@ -26,7 +26,7 @@ pages) stay out of it. The whole drain's rate is printed beside it. The daemon's
 crossing times are interpolated between scrapes; bare aiomqtt's are when its client
 received the messages (`ArrivalClock`), not when the loop consumed them.
 
-Run: `python -m benchmarks.bench_end_to_end` (about three minutes; --help for sizes).
+Run: `python -m benchmarks.bench_end_to_end` (about eight minutes; --help for sizes).
 """
 
 from __future__ import annotations
