@@ -39,6 +39,7 @@ FLAG_VALID: Final = 0x01
 MAX_RECORD_BYTES: Final = 1 << 30
 MAX_TOPIC_BYTES: Final = 0xFFFF
 _IOV_MAX: Final = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+_FADVISE: Final = hasattr(os, "posix_fadvise")  # Linux and most Unixes; not macOS
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +52,16 @@ class ArchiveRecord:
     valid: bool  # the envelope passed unpack_envelope when it arrived
 
 
+Frame = tuple[bytes, bytes]
+"""A record ready to write: its framing, then its payload (not copied)."""
+
+
 def encode_record(record: ArchiveRecord) -> bytes:
     """The bytes of one record on disk."""
-    return b"".join(_record_parts(record))
+    return b"".join(frame_record(record))
 
 
-def _record_parts(record: ArchiveRecord) -> tuple[bytes, bytes]:
+def frame_record(record: ArchiveRecord) -> Frame:
     """A record as (framing, payload): the payload is not copied, its CRC runs on in place."""
     topic = record.topic.encode("utf-8", errors="surrogateescape")[:MAX_TOPIC_BYTES]
     head = (
@@ -123,22 +128,29 @@ class ArchiveWriter:
 
     def write(self, records: Sequence[ArchiveRecord]) -> None:
         """Write `records` in order: on return they are in the kernel (they survive kill -9)."""
+        frames = [frame_record(record) for record in records]
         with self._lock:
-            self._append(records)
+            self._append(frames)
+
+    def append_frames(self, frames: Sequence[Frame]) -> None:
+        """`append` of records already framed (`frame_record`): what is left is system calls,
+        which a worker thread makes while the event loop's thread goes on (GIL released)."""
+        with self._lock:
+            self._append(frames)
+            self._sync_per_policy()
 
     def commit(self) -> None:
         """Make what was written durable as the fsync policy asks (always: fdatasync now)."""
         with self._lock:
             self._sync_per_policy()
 
-    def _append(self, records: Sequence[ArchiveRecord]) -> None:
+    def _append(self, frames: Sequence[Frame]) -> None:
         if self._file is None:
             raise RuntimeError("archive writer is not open")
         # One gathered write per segment: the payloads are not copied into a joined chunk.
         chunk: list[bytes] = []
         chunk_bytes = 0
-        for record in records:
-            framing, payload = _record_parts(record)
+        for framing, payload in frames:
             size = len(framing) + len(payload)
             if self._segment_bytes + chunk_bytes + size > self._config.segment_max_bytes:
                 if chunk:
@@ -150,7 +162,7 @@ class ArchiveWriter:
             chunk_bytes += size
         if chunk:
             self._write(chunk, chunk_bytes)
-        self.records_written += len(records)
+        self.records_written += len(frames)
 
     def sync_if_due(self) -> None:
         """For fsync=interval: called when idle, so the last batch does not stay unsynced."""
@@ -188,9 +200,15 @@ class ArchiveWriter:
     def _sync(self) -> None:
         if self._file is None or not self._unsynced:
             return
-        os.fdatasync(self._file.fileno())
+        descriptor = self._file.fileno()
+        os.fdatasync(descriptor)
         self._unsynced = False
         self._last_sync = self._clock()
+        # What is on disk is read again only by a replay or a restart's resume scan: drop
+        # it from the page cache, so the archive does not fill memory with write-once data
+        # and the next writes reuse the pages just freed (docs/decisions.md, "Archive").
+        if _FADVISE:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def _rotate(self) -> None:
         self._close()

@@ -26,7 +26,7 @@ from typing import Final
 
 import numpy as np
 
-from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
+from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
 from groundstation.decoder import DecodeResult, PacketDecoder
 from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.envelope import ENVELOPE_VERSION, Envelope, Invalid, unpack_envelope
@@ -253,15 +253,17 @@ class ArchivingSink:
         self.lock = asyncio.Lock()  # one archive call at a time (store, periodic fsync)
 
     async def store(self, batch: list[Delivery]) -> list[Arrival]:
-        """Validate and write on the loop's thread, then wait for the disk on a worker.
+        """Validate and frame on the loop's thread, then write and sync on a worker.
 
         Validating and framing are Python work: on a worker thread they fought the loop's
         socket reads for the GIL (measured: 21 futex calls per message, against 1.5 now).
-        The write itself is a copy into the page cache; only fdatasync waits for the disk.
+        The write is a copy into the page cache (~50 us for a 65 KiB payload here) and
+        fdatasync waits for the disk: system calls, which release the GIL, so the loop's
+        thread reads the next messages meanwhile.
         """
         async with self.lock:
-            arrivals = self._check_and_write(batch)
-            await asyncio.to_thread(self._writer.commit)
+            arrivals, frames = self._check_and_frame(batch)
+            await asyncio.to_thread(self._writer.append_frames, frames)
             return arrivals
 
     async def forward(self, stored: list[Arrival]) -> None:
@@ -271,31 +273,27 @@ class ArchivingSink:
         async with self.lock:
             await asyncio.to_thread(self._writer.sync_if_due)
 
-    def _check_and_write(self, batch: Sequence[Delivery]) -> list[Arrival]:
-        arrivals = [
-            check_payload(
+    def _check_and_frame(self, batch: Sequence[Delivery]) -> tuple[list[Arrival], list[Frame]]:
+        arrivals: list[Arrival] = []
+        frames: list[Frame] = []
+        for delivery in batch:
+            arrival = check_payload(
                 delivery.topic,
                 delivery.payload,
                 delivery.received_at,
                 max_payload_bytes=self._max_payload_bytes,
                 vehicles=self._vehicles,
             )
-            for delivery in batch
-        ]
-        self._writer.write(
-            [
-                ArchiveRecord(
-                    topic=delivery.topic,
-                    received_at=delivery.received_at,
-                    payload=delivery.payload,
-                    valid=isinstance(arrival.envelope, Envelope),
-                )
-                for delivery, arrival in zip(batch, arrivals, strict=True)
-            ]
-        )
-        for arrival in arrivals:
+            record = ArchiveRecord(
+                topic=delivery.topic,
+                received_at=delivery.received_at,
+                payload=delivery.payload,
+                valid=isinstance(arrival.envelope, Envelope),
+            )
+            arrivals.append(arrival)
+            frames.append(frame_record(record))
             self._log_invalid(arrival)
-        return arrivals
+        return arrivals, frames
 
 
 class IngestQueue:

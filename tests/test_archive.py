@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from groundstation.archive import (
     encode_record,
     list_segments,
 )
-from groundstation.config import ArchiveConfig
+from groundstation.config import ArchiveConfig, FsyncPolicy
 
 
 def record(index: int, *, size: int = 100, valid: bool = True) -> ArchiveRecord:
@@ -49,6 +51,33 @@ def test_record_layout_matches_the_documented_format() -> None:
     body = struct.pack(">dBH", 1.5, 1, len(topic)) + topic + payload
     expected = struct.pack(">II", len(body), zlib.crc32(body)) + body
     assert encode_record(ArchiveRecord("mars/tm/ingenuity", 1.5, payload, valid=True)) == expected
+
+
+def cached_bytes(path: Path) -> int:
+    """How much of the file is in the page cache (util-linux `fincore`, in Debian's base)."""
+    fincore = shutil.which("fincore")
+    assert fincore is not None, "fincore (util-linux) is needed to read the page cache"
+    output = subprocess.run(
+        [fincore, "--bytes", "--noheadings", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(output.strip())
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_synced_records_leave_the_page_cache(tmp_path: Path, fsync: FsyncPolicy) -> None:
+    """Once on disk the archive is not kept in memory; unsynced data stays until it is."""
+    config = ArchiveConfig(directory=tmp_path, fsync=fsync)
+    with ArchiveWriter(config) as writer:
+        writer.append([record(i, size=64 * 1024) for i in range(32)])  # 2 MiB
+        (segment,) = list_segments(tmp_path)
+        cached = cached_bytes(segment)
+    if fsync == "always":
+        assert cached <= 4096  # at most the partial last page, which the next write extends
+    else:
+        assert cached >= 32 * 64 * 1024
 
 
 def test_segments_rotate_by_size_and_never_reopen(tmp_path: Path) -> None:
