@@ -101,7 +101,7 @@ class IngestConfig:
     queue_max_envelopes: int = 4096
     queue_max_bytes: int = 16 * 1024 * 1024
     batch_max_envelopes: int = 1024
-    batch_max_bytes: int = 4 * 1024 * 1024  # decoder call size: amortised, cache-friendly
+    batch_max_bytes: int = 8 * 1024 * 1024  # decoder call size: per-call costs amortised
     shutdown_timeout_s: float = 10.0  # drain budget after SIGTERM; systemd's stop timeout is longer
     resume_scan_bytes: int = 64 * 1024 * 1024  # archive tail replayed at start to resume sequences
 
