@@ -10,6 +10,7 @@ CRC, skips the rest of that segment and counts it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -206,9 +207,11 @@ class ArchiveWriter:
         self._last_sync = self._clock()
         # What is on disk is read again only by a replay or a restart's resume scan: drop
         # it from the page cache, so the archive does not fill memory with write-once data
-        # and the next writes reuse the pages just freed (docs/decisions.md, "Archive").
+        # and the next writes reuse the pages just freed (docs/decisions.md, "Daemon").
+        # Only a hint: where a file system refuses it, the archive is just as safe.
         if _FADVISE:
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def _rotate(self) -> None:
         self._close()
