@@ -123,26 +123,15 @@ class ArchiveWriter:
         self._start_segment()
 
     def append(self, records: Sequence[ArchiveRecord]) -> None:
-        """`write`, then `commit`: on disk on return if fsync=always."""
-        self.write(records)
-        self.commit()
-
-    def write(self, records: Sequence[ArchiveRecord]) -> None:
-        """Write `records` in order: on return they are in the kernel (they survive kill -9)."""
-        frames = [frame_record(record) for record in records]
-        with self._lock:
-            self._append(frames)
+        """Write `records` in order, then sync as the fsync policy asks: on return they are
+        in the kernel (they survive kill -9), and on disk if fsync=always."""
+        self.append_frames([frame_record(record) for record in records])
 
     def append_frames(self, frames: Sequence[Frame]) -> None:
         """`append` of records already framed (`frame_record`): what is left is system calls,
         which a worker thread makes while the event loop's thread goes on (GIL released)."""
         with self._lock:
             self._append(frames)
-            self._sync_per_policy()
-
-    def commit(self) -> None:
-        """Make what was written durable as the fsync policy asks (always: fdatasync now)."""
-        with self._lock:
             self._sync_per_policy()
 
     def _append(self, frames: Sequence[Frame]) -> None:
