@@ -71,6 +71,7 @@ __all__ = [
     "Calibration",
     "DecodeResult",
     "PacketDecoder",
+    "Split",
 ]
 
 RESULTS: Final = ("ok", "crc_error", "malformed", "unknown_apid", "duplicate")  # ICD 5 and 6
@@ -215,8 +216,12 @@ class DecodeResult:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Split:
-    """Entries of all buffers in input order (step 1), before CRC and classification."""
+class Split:
+    """Entries of all buffers in input order (step 1), before CRC and classification.
+
+    A pure function of the bytes and the dictionary's structure (`PacketDecoder.split`),
+    so it may be found elsewhere, the daemon's parent process say, and handed to `decode`.
+    """
 
     offset: NDArray[np.int64]  # in the joined data
     length: NDArray[np.int64]
@@ -476,8 +481,24 @@ class PacketDecoder:
             apid: SequenceWindow(modulus=PACKET_SEQ_MODULUS) for apid in dictionary.packets
         }
 
-    def decode(self, buffers: Sequence[bytes | memoryview]) -> DecodeResult:
-        """Decode buffers (one per envelope) in order; packets never span buffers."""
+    def split(self, data: NDArray[np.uint8], sizes: NDArray[np.int64]) -> Split:
+        """Step 1 alone: the entries of buffers of `sizes` bytes, joined as `data`.
+
+        Needs no decoder state: its result, handed to `decode` with the same buffers, is
+        what `decode` would have found itself.
+        """
+        ends = np.cumsum(sizes)
+        if ends.shape[0] and int(ends[-1]) != data.shape[0]:
+            raise ValueError(f"buffer sizes add up to {int(ends[-1])}, not {data.shape[0]}")
+        return self._split(data, ends - sizes, ends)
+
+    def decode(
+        self, buffers: Sequence[bytes | memoryview], *, split: Split | None = None
+    ) -> DecodeResult:
+        """Decode buffers (one per envelope) in order; packets never span buffers.
+
+        `split`, if given, is `self.split` of these buffers, found beforehand.
+        """
         views = [memoryview(b).cast("B") for b in buffers]
         # One copy at most, so that every step below works on a single array. Lazy fields
         # read the data after decode returns: they must not see a caller's buffer reused.
@@ -487,7 +508,10 @@ class PacketDecoder:
         sizes = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
         ends = np.cumsum(sizes)
         starts = ends - sizes
-        split = self._split(data, starts, ends)
+        if split is None:
+            split = self._split(data, starts, ends)
+        elif split.offset.shape[0] and int(split.offset[-1] + split.length[-1]) > data.shape[0]:
+            raise ValueError("the split given does not belong to these buffers")
         count = split.offset.shape[0]
         groups = [
             _Group(length=length, index=index, rows=_rows(data, split.offset[index], length))
@@ -637,7 +661,7 @@ class PacketDecoder:
         data: NDArray[np.uint8],
         starts: NDArray[np.int64],
         ends: NDArray[np.int64],
-    ) -> _Split:
+    ) -> Split:
         """Step 1: find every packet and malformed tail of every buffer (ICD sections 3, 6)."""
         sizes = ends - starts
         has_header = sizes >= PRIMARY_HEADER_BYTES
@@ -700,7 +724,7 @@ class PacketDecoder:
             keep = ~walk[owner]
             offset, packet_length, owner = offset[keep], packet_length[keep], owner[keep]
             packet_apid = packet_apid[keep]
-        fast_split = _Split(
+        fast_split = Split(
             offset=offset,
             length=packet_length,
             buffer=owner,
@@ -802,21 +826,21 @@ class PacketDecoder:
         buffers: NDArray[np.intp],
         starts: NDArray[np.int64],
         ends: NDArray[np.int64],
-    ) -> _Split:
+    ) -> Split:
         """Step 1 for mixed buffers: the header chains, and a malformed tail where one stops."""
         chains = self._follow_lengths(data, starts[buffers], ends[buffers])
         tail_start = chains.tail_start
         tail_end = ends[buffers]
         has_tail = tail_start < tail_end
         tail_start, tail_end = tail_start[has_tail], tail_end[has_tail]
-        packets = _Split(
+        packets = Split(
             offset=chains.offset,
             length=chains.length,
             buffer=buffers[chains.owner_rank],
             apid=chains.apid,
             tail=np.zeros(0, dtype=np.intp),
         )
-        tails = _Split(
+        tails = Split(
             offset=tail_start,
             length=tail_end - tail_start,
             buffer=buffers[has_tail],
@@ -866,7 +890,7 @@ def _tail_apid(
     return apid
 
 
-def _merge(first: _Split, second: _Split) -> _Split:
+def _merge(first: Split, second: Split) -> Split:
     """Two sets of entries, each in input order, as one in input order."""
     if second.offset.shape[0] == 0:
         return first
@@ -878,7 +902,7 @@ def _merge(first: _Split, second: _Split) -> _Split:
     is_tail = np.zeros(offset.shape[0], dtype=np.bool_)
     is_tail[first.tail] = True
     is_tail[first.offset.shape[0] + second.tail] = True
-    return _Split(
+    return Split(
         offset=offset[order],
         length=np.concatenate([first.length, second.length])[order],
         buffer=np.concatenate([first.buffer, second.buffer])[order],
@@ -909,7 +933,7 @@ def _header_words(data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> NDArra
     return sliding_window_view(data, PRIMARY_HEADER_BYTES)[offsets].view(">u2").astype(np.int64)
 
 
-def _length_groups(split: _Split) -> list[tuple[int, Index]]:
+def _length_groups(split: Split) -> list[tuple[int, Index]]:
     """Packets (not tails) grouped by length, each group in input order."""
     count = split.offset.shape[0]
     packets: Index = slice(None)

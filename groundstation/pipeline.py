@@ -22,12 +22,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
 
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
-from groundstation.decoder import DecodeResult, PacketDecoder
+from groundstation.decoder import DecodeResult, PacketDecoder, Split
 from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.envelope import ENVELOPE_VERSION, Envelope, Invalid, unpack_envelope
 from groundstation.mqtt import Delivery
@@ -152,8 +153,14 @@ class Pipeline:
         }
         self._clock = clock
 
-    def process(self, batch: Sequence[Arrival]) -> list[Decoded]:
-        """Apply one batch in arrival order: envelopes counted, packets decoded per vehicle."""
+    def process(
+        self, batch: Sequence[Arrival], *, splits: Mapping[str, Split] | None = None
+    ) -> list[Decoded]:
+        """Apply one batch in arrival order: envelopes counted, packets decoded per vehicle.
+
+        `splits`: step 1 of decoding a vehicle's envelopes, if found beforehand (the parent
+        finds it while the child decodes the batch before: `PacketSlots.fill`).
+        """
         by_vehicle: dict[str, list[Envelope]] = {}
         for arrival in batch:
             envelope = arrival.envelope
@@ -170,7 +177,10 @@ class Pipeline:
         decoded: list[Decoded] = []
         for vehicle, envelopes in by_vehicle.items():
             started = self._clock()
-            result = self.decoders[vehicle].decode([envelope.packets for envelope in envelopes])
+            result = self.decoders[vehicle].decode(
+                [envelope.packets for envelope in envelopes],
+                split=None if splits is None else splits.get(vehicle),
+            )
             ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
             self.telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
             self.telemetry.record_decode_seconds(self._clock() - started, envelopes=len(envelopes))
@@ -354,6 +364,16 @@ ShippedEnvelope = tuple[str, float, int, str, str, int, float, int, int]
 """A valid arrival without its packets: topic, received_at, size, relay, vehicle, seq, ert,
 and where its packets start and end in the lane's slot."""
 
+ShippedSplit = tuple[str, int, int, int]
+"""A vehicle's step-1 entries (`Split`) stored in the lane's slot: vehicle, where the
+arrays start, how many entries, how many of them are malformed tails."""
+
+# The Split arrays as stored: offsets within the vehicle's packets, lengths, envelope
+# indices, tail indices (all < 2**32: a slot is smaller), then APIDs (-1 to 2047).
+_SPLIT_U32: Final = np.dtype("=u4")
+_SPLIT_APID: Final = np.dtype("=i2")
+_SPLIT_ENTRY_BYTES: Final = 3 * _SPLIT_U32.itemsize + _SPLIT_APID.itemsize
+
 
 @dataclass(frozen=True, slots=True)
 class Shipment:
@@ -363,6 +383,7 @@ class Shipment:
 
     lane: int
     items: list[ShippedEnvelope | Arrival]
+    splits: tuple[ShippedSplit, ...] = ()
 
 
 class PacketSlots:
@@ -374,6 +395,11 @@ class PacketSlots:
     each envelope's packets once into its lane's slot and sends only where they lie; the
     child decodes them in place. A lane refills its slot only after the child has answered
     for the batch in it, so nothing is overwritten while it is read.
+
+    Each vehicle's packets lie back to back, in arrival order: the bytes its decoder joins.
+    So the parent can also find the packets in them (decoding's step 1, `Split`) and store
+    the result after the packets, where there is room; the decoding child, the busier of the
+    two processes, then skips that step (docs/decisions.md, "Step 1 in the parent").
     """
 
     def __init__(self, *, lanes: int, slot_bytes: int) -> None:
@@ -381,41 +407,111 @@ class PacketSlots:
         self.slot_bytes = slot_bytes
         # Pages are allocated on first touch: the slots cost what the batches use.
         self._memory = SharedMemory(create=True, size=lanes * slot_bytes)
+        self._bytes: NDArray[np.uint8] | None = np.frombuffer(
+            shared_buffer(self._memory), dtype=np.uint8
+        )
 
     @property
     def name(self) -> str:
         return self._memory.name
 
-    def fill(self, lane: int, batch: Sequence[Arrival]) -> Shipment:
-        """Copy the batch's packets into the lane's slot; raises if they do not fit."""
+    def fill(
+        self,
+        lane: int,
+        batch: Sequence[Arrival],
+        *,
+        splitters: Mapping[str, PacketDecoder] | None = None,
+    ) -> Shipment:
+        """Copy the batch's packets into the lane's slot; raises if they do not fit.
+
+        With `splitters` (a decoder per vehicle, of which only `split` is used), each
+        vehicle's Split goes into the slot too, if it fits there.
+        """
         if not 0 <= lane < self.lanes:
             raise ValueError(f"no lane {lane}")
-        slot = shared_buffer(self._memory)[lane * self.slot_bytes : (lane + 1) * self.slot_bytes]
-        try:
-            at = 0
-            items: list[ShippedEnvelope | Arrival] = []
-            for arrival in batch:
-                envelope = arrival.envelope
-                if isinstance(envelope, Invalid):
-                    items.append(arrival)
-                    continue
-                end = at + len(envelope.packets)
-                if end > self.slot_bytes:
-                    raise ValueError(f"batch exceeds the {self.slot_bytes}-byte slot")
-                slot[at:end] = envelope.packets
-                items.append(
-                    (arrival.topic, arrival.received_at, arrival.size, envelope.relay,
-                     envelope.vehicle, envelope.seq, envelope.ert, at, end)
-                )  # fmt: skip
-                at = end
-        finally:
-            slot.release()
-        return Shipment(lane=lane, items=items)
+        if self._bytes is None:
+            raise ValueError(f"shared memory {self._memory.name} is closed")
+        slot = self._bytes[lane * self.slot_bytes : (lane + 1) * self.slot_bytes]
+        sizes: dict[str, list[int]] = {}
+        for arrival in batch:
+            if isinstance(arrival.envelope, Envelope):
+                sizes.setdefault(arrival.envelope.vehicle, []).append(len(arrival.envelope.packets))
+        region: dict[str, int] = {}  # where each vehicle's packets start
+        at = 0
+        for vehicle, vehicle_sizes in sizes.items():
+            region[vehicle] = at
+            at += sum(vehicle_sizes)
+        if at > self.slot_bytes:
+            raise ValueError(f"batch exceeds the {self.slot_bytes}-byte slot")
+        packets_end = at
+        next_start = dict(region)
+        items: list[ShippedEnvelope | Arrival] = []
+        for arrival in batch:
+            envelope = arrival.envelope
+            if isinstance(envelope, Invalid):
+                items.append(arrival)
+                continue
+            start = next_start[envelope.vehicle]
+            end = start + len(envelope.packets)
+            slot[start:end] = np.frombuffer(envelope.packets, dtype=np.uint8)
+            next_start[envelope.vehicle] = end
+            items.append(
+                (arrival.topic, arrival.received_at, arrival.size, envelope.relay,
+                 envelope.vehicle, envelope.seq, envelope.ert, start, end)
+            )  # fmt: skip
+        splits: list[ShippedSplit] = []
+        at = packets_end
+        for vehicle, start in region.items():
+            if splitters is None or vehicle not in splitters:
+                continue
+            envelope_sizes = np.array(sizes[vehicle], dtype=np.int64)
+            split = splitters[vehicle].split(slot[start : next_start[vehicle]], envelope_sizes)
+            at = -(-at // 8) * 8  # aligned for the arrays' views
+            stored = _store_split(slot, at, split)
+            if stored is None:
+                break  # no room: the child finds this vehicle's packets itself
+            splits.append((vehicle, at, split.offset.shape[0], split.tail.shape[0]))
+            at = stored
+        return Shipment(lane=lane, items=items, splits=tuple(splits))
 
     def close(self) -> None:
         """Release and remove the memory (the child has stopped using it)."""
+        self._bytes = None  # numpy's view must go before the memory can close
         self._memory.close()
         self._memory.unlink()
+
+
+def _store_split(slot: NDArray[np.uint8], at: int, split: Split) -> int | None:
+    """Write `split` into `slot` from `at` (a multiple of 8); where it ends, or None if no room."""
+    entries, tails = split.offset.shape[0], split.tail.shape[0]
+    end = at + entries * _SPLIT_ENTRY_BYTES + tails * _SPLIT_U32.itemsize
+    if end > slot.shape[0]:
+        return None
+    columns = ((split.offset, _SPLIT_U32), (split.length, _SPLIT_U32), (split.buffer, _SPLIT_U32),
+               (split.tail, _SPLIT_U32), (split.apid, _SPLIT_APID))  # fmt: skip
+    for column, dtype in columns:
+        size = column.shape[0] * dtype.itemsize
+        slot[at : at + size].view(dtype)[:] = column
+        at += size
+    return at
+
+
+def _load_split(slot: NDArray[np.uint8], at: int, entries: int, tails: int) -> Split:
+    """The child's side of `_store_split`: the arrays copied out, in the decoder's dtypes."""
+
+    def column(count: int, dtype: np.dtype[Any], to: type[np.generic]) -> NDArray[Any]:
+        nonlocal at
+        size = count * dtype.itemsize
+        values = slot[at : at + size].view(dtype).astype(to)
+        at += size
+        return values
+
+    offset = column(entries, _SPLIT_U32, np.int64)
+    length = column(entries, _SPLIT_U32, np.int64)
+    buffer = column(entries, _SPLIT_U32, np.intp)
+    tail = column(tails, _SPLIT_U32, np.intp)
+    apid = column(entries, _SPLIT_APID, np.int32)
+    return Split(offset=offset, length=length, buffer=buffer, apid=apid, tail=tail)
 
 
 def shared_buffer(memory: SharedMemory) -> memoryview:
@@ -425,8 +521,11 @@ def shared_buffer(memory: SharedMemory) -> memoryview:
     return memory.buf
 
 
-def unpack_shipment(memory: memoryview, slot_bytes: int, shipment: Shipment) -> list[Arrival]:
-    """The child's side of `PacketSlots.fill`: the arrivals with views of their packets."""
+def unpack_shipment(
+    memory: memoryview, slot_bytes: int, shipment: Shipment
+) -> tuple[list[Arrival], dict[str, Split]]:
+    """The child's side of `PacketSlots.fill`: the arrivals with views of their packets,
+    and the Splits the parent stored."""
     base = shipment.lane * slot_bytes
     arrivals: list[Arrival] = []
     for item in shipment.items:
@@ -443,7 +542,12 @@ def unpack_shipment(memory: memoryview, slot_bytes: int, shipment: Shipment) -> 
             packets=memory[base + start : base + end],
         )
         arrivals.append(Arrival(topic, received_at, size, envelope))
-    return arrivals
+    splits: dict[str, Split] = {}
+    if shipment.splits:
+        slot = np.frombuffer(memory, dtype=np.uint8)[base : base + slot_bytes]
+        for vehicle, at, entries, tails in shipment.splits:
+            splits[vehicle] = _load_split(slot, at, entries, tails)
+    return arrivals, splits
 
 
 class PipelineProcess:
@@ -479,6 +583,11 @@ class PipelineProcess:
         self._lanes = lanes
         self._slots: PacketSlots | None = None
         self._pool: ProcessPoolExecutor | None = None
+        # Only their `split` is used here (PacketSlots): it has no state.
+        self._splitters = {
+            vehicle: PacketDecoder(dictionary, calibrate="lazy")
+            for vehicle, dictionary in load_dictionaries().items()
+        }
 
     async def start(self) -> int:
         """Spawn the child and resume its sequence accounting; returns envelopes resumed."""
@@ -499,7 +608,7 @@ class PipelineProcess:
         """
         if self._pool is None or self._slots is None:
             raise RuntimeError("pipeline process not started")
-        shipment = self._slots.fill(lane, batch)
+        shipment = self._slots.fill(lane, batch, splitters=self._splitters)
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, _child_process, shipment
         )
@@ -583,8 +692,8 @@ def _child_resumed() -> int:
 
 def _child_process(shipment: Shipment) -> TelemetrySnapshot:
     child = _started_child()
-    arrivals = unpack_shipment(shared_buffer(child.slots), child.slot_bytes, shipment)
-    child.pipeline.process(arrivals)
+    arrivals, splits = unpack_shipment(shared_buffer(child.slots), child.slot_bytes, shipment)
+    child.pipeline.process(arrivals, splits=splits)
     return child.pipeline.telemetry.snapshot()
 
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
@@ -274,12 +275,23 @@ async def test_decode_worker_keeps_two_batches_in_flight_and_the_newest_snapshot
     assert worker.envelopes_processed == 3
 
 
+def slot_batches() -> list[list[Arrival]]:
+    """Two lanes' batches: both vehicles interleaved, an invalid payload, an empty envelope,
+    and a malformed tail (a mixed buffer, walked header by header)."""
+    rover = [
+        arrival(envelope(seq, vehicle="perseverance"), received_at=1.7e9 + seq) for seq in (40, 41)
+    ]
+    mixed = hk_packet(7) + hk_packet(8)[:-3]
+    return [
+        [arrival(envelope(0)), rover[0], arrival(envelope(1)), arrival(b"\xc1garbage"),
+         rover[1], arrival(envelope(2, packets=b"")), arrival(envelope(3, packets=mixed))],
+        [arrival(envelope(seq)) for seq in range(10, 12)],
+    ]  # fmt: skip
+
+
 def test_packet_slots_carry_each_lanes_packets_to_the_reader() -> None:
     """What the child rebuilds equals what the parent had, lane by lane; invalid ones pass."""
-    batches = [
-        [arrival(envelope(seq)) for seq in range(3)] + [arrival(b"\xc1garbage")],
-        [arrival(envelope(seq)) for seq in range(10, 12)],
-    ]
+    batches = slot_batches()
     slots = PacketSlots(lanes=2, slot_bytes=1 << 16)
     try:
         shipments = [slots.fill(lane, batch) for lane, batch in enumerate(batches)]
@@ -288,11 +300,59 @@ def test_packet_slots_carry_each_lanes_packets_to_the_reader() -> None:
             for batch, shipment in zip(batches, shipments, strict=True):
                 # Only metadata is pickled: the packets are not in the shipment.
                 assert len(pickle.dumps(shipment)) < 100 * len(batch)
-                rebuilt = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
+                rebuilt, splits = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
                 assert [_comparable(a) for a in rebuilt] == [_comparable(a) for a in batch]
+                assert splits == {}  # none asked for
                 del rebuilt
         finally:
             reader.close()
+    finally:
+        slots.close()
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_packet_slots_carry_the_parents_split_to_the_reader(room: bool) -> None:
+    """A Split found by the parent reaches the child whole, and decoding with it gives what
+    decoding without it gives; in a slot with no room for it, the child finds its own."""
+    batches = slot_batches()
+    packet_bytes = [
+        sum(len(a.envelope.packets) for a in batch if isinstance(a.envelope, Envelope))
+        for batch in batches
+    ]
+    assert packet_bytes[0] > packet_bytes[1]  # lane 0 fills a slot of its size
+    slot_bytes = 1 << 16 if room else packet_bytes[0]
+    splitters = {vehicle: PacketDecoder(d) for vehicle, d in DICTIONARIES.items()}
+    slots = PacketSlots(lanes=2, slot_bytes=slot_bytes)
+    try:
+        for lane, batch in enumerate(batches):
+            shipment = slots.fill(lane, batch, splitters=splitters)
+            rebuilt, splits = unpack_shipment(shared_buffer(slots._memory), slot_bytes, shipment)
+            by_vehicle: dict[str, list[bytes]] = {}
+            for item in rebuilt:
+                if isinstance(item.envelope, Envelope):
+                    by_vehicle.setdefault(item.envelope.vehicle, []).append(
+                        bytes(item.envelope.packets)
+                    )
+            if room:
+                assert set(splits) == set(by_vehicle)
+            elif lane == 0:  # a full slot
+                assert splits == {}
+            for vehicle, split in splits.items():
+                buffers = by_vehicle[vehicle]
+                sizes = np.array([len(b) for b in buffers], dtype=np.int64)
+                expected = splitters[vehicle].split(
+                    np.frombuffer(b"".join(buffers), np.uint8), sizes
+                )
+                for name in ("offset", "length", "buffer", "apid", "tail"):
+                    assert np.array_equal(getattr(split, name), getattr(expected, name)), name
+                    assert getattr(split, name).dtype == getattr(expected, name).dtype, name
+                given = PacketDecoder(DICTIONARIES[vehicle]).decode(buffers, split=split)
+                found = PacketDecoder(DICTIONARIES[vehicle]).decode(buffers)
+                assert given.counts() == found.counts()
+                assert np.array_equal(given.result, found.result)
+            if lane == 0 and room:
+                assert splits["ingenuity"].tail.shape[0] == 1  # the cut HK packet
+            del rebuilt, splits, item  # views of the shared memory, which must close
     finally:
         slots.close()
 
