@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groundstation.decoder import MALFORMED, OK, RESULTS, DecodeResult, PacketDecoder
-from groundstation.definitions import NUMERIC_TYPES, FieldDef, PacketDef, load_dictionary
+from groundstation.definitions import (
+    NUMERIC_TYPES,
+    FieldDef,
+    PacketDef,
+    VehicleDictionary,
+    load_dictionary,
+)
 from groundstation.encoder import encode_packet
 from tests.icd_packets import crc_bitwise
 
@@ -202,3 +209,58 @@ def test_one_call_equals_one_call_per_buffer(case: tuple[str, list[bytes]]) -> N
         for field, values in together.columns[apid].fields.items():
             expected = np.concatenate([piece.fields[field] for piece in pieces])
             np.testing.assert_array_equal(values, expected)
+
+
+Entry = tuple[int, int, int, bool]
+
+
+def walk_one_by_one(dictionary: VehicleDictionary, buffer: bytes) -> list[Entry]:
+    """Step 1 as the ICD says it, a header at a time: (offset, length, APID, is tail) per
+    entry; the walk stops at the first header that is not sound, which begins a malformed
+    tail (APID -1 unless it starts like a packet id). Independent of the vectorised split."""
+    entries = []
+    at = 0
+    while at < len(buffer):
+        head = buffer[at : at + 6]
+        sound = len(head) == 6 and head[0] & 0xF8 == 0x08 and head[2] & 0xC0 == 0xC0
+        if sound:
+            apid = (head[0] & 0x07) << 8 | head[1]
+            length = struct.unpack(">H", head[4:6])[0] + 7
+            packet = dictionary.packets.get(apid)
+            low, high = (packet.min_length, packet.max_length) if packet else (14, 65542)
+            sound = low <= length <= high and at + length <= len(buffer)
+        if not sound:
+            looks_like_id = len(buffer) - at >= 2 and buffer[at] & 0xF8 == 0x08
+            tail_apid = (buffer[at] & 0x07) << 8 | buffer[at + 1] if looks_like_id else -1
+            entries.append((at, len(buffer) - at, tail_apid, True))
+            return entries
+        entries.append((at, length, apid, False))
+        at += length
+    return entries
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches())
+def test_split_finds_what_a_header_by_header_walk_finds(case: tuple[str, list[bytes]]) -> None:
+    """The vectorised split (fast path, chain walk, merge) against the walk it replaces."""
+    vehicle, buffers = case
+    sizes = np.array([len(b) for b in buffers], dtype=np.int64)
+    split = PacketDecoder(DICTIONARIES[vehicle]).split(
+        np.frombuffer(b"".join(buffers), np.uint8), sizes
+    )
+    starts = np.cumsum(sizes) - sizes
+    is_tail = np.zeros(split.offset.shape[0], dtype=np.bool_)
+    is_tail[split.tail] = True
+    found = [
+        (int(buffer), (int(offset - starts[buffer]), int(length), int(apid), bool(tail)))
+        for buffer, offset, length, apid, tail in zip(
+            split.buffer, split.offset, split.length, split.apid, is_tail, strict=True
+        )
+    ]
+    expected = [
+        (number, entry)
+        for number, buffer in enumerate(buffers)
+        for entry in walk_one_by_one(DICTIONARIES[vehicle], buffer)
+    ]
+    assert found == expected
