@@ -54,6 +54,15 @@ class Arrival:
 
 
 @dataclass(frozen=True, slots=True)
+class FoundSplit:
+    """Step 1 of decoding a vehicle's envelopes of a batch, done beforehand, and its time
+    (counted in gs_decode_seconds with the rest of the decoding)."""
+
+    split: Split
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Decoded:
     """One decoder call: a vehicle's valid envelopes of a batch, in arrival order."""
 
@@ -154,7 +163,7 @@ class Pipeline:
         self._clock = clock
 
     def process(
-        self, batch: Sequence[Arrival], *, splits: Mapping[str, Split] | None = None
+        self, batch: Sequence[Arrival], *, splits: Mapping[str, FoundSplit] | None = None
     ) -> list[Decoded]:
         """Apply one batch in arrival order: envelopes counted, packets decoded per vehicle.
 
@@ -177,13 +186,15 @@ class Pipeline:
         decoded: list[Decoded] = []
         for vehicle, envelopes in by_vehicle.items():
             started = self._clock()
+            found = None if splits is None else splits.get(vehicle)
             result = self.decoders[vehicle].decode(
                 [envelope.packets for envelope in envelopes],
-                split=None if splits is None else splits.get(vehicle),
+                split=None if found is None else found.split,
             )
             ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
             self.telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
-            self.telemetry.record_decode_seconds(self._clock() - started, envelopes=len(envelopes))
+            seconds = self._clock() - started + (0.0 if found is None else found.seconds)
+            self.telemetry.record_decode_seconds(seconds, envelopes=len(envelopes))
             decoded.append(Decoded(vehicle=vehicle, envelopes=envelopes, result=result))
         return decoded
 
@@ -364,9 +375,9 @@ ShippedEnvelope = tuple[str, float, int, str, str, int, float, int, int]
 """A valid arrival without its packets: topic, received_at, size, relay, vehicle, seq, ert,
 and where its packets start and end in the lane's slot."""
 
-ShippedSplit = tuple[str, int, int, int]
+ShippedSplit = tuple[str, int, int, int, float]
 """A vehicle's step-1 entries (`Split`) stored in the lane's slot: vehicle, where the
-arrays start, how many entries, how many of them are malformed tails."""
+arrays start, how many entries, how many of them are malformed tails, seconds it took."""
 
 # The Split arrays as stored: offsets within the vehicle's packets, lengths, envelope
 # indices, tail indices (all < 2**32: a slot is smaller), then APIDs (-1 to 2047).
@@ -464,13 +475,15 @@ class PacketSlots:
         for vehicle, start in region.items():
             if splitters is None or vehicle not in splitters:
                 continue
+            started = time.perf_counter()
             envelope_sizes = np.array(sizes[vehicle], dtype=np.int64)
             split = splitters[vehicle].split(slot[start : next_start[vehicle]], envelope_sizes)
+            seconds = time.perf_counter() - started
             at = -(-at // 8) * 8  # aligned for the arrays' views
             stored = _store_split(slot, at, split)
             if stored is None:
                 break  # no room: the child finds this vehicle's packets itself
-            splits.append((vehicle, at, split.offset.shape[0], split.tail.shape[0]))
+            splits.append((vehicle, at, split.offset.shape[0], split.tail.shape[0], seconds))
             at = stored
         return Shipment(lane=lane, items=items, splits=tuple(splits))
 
@@ -523,7 +536,7 @@ def shared_buffer(memory: SharedMemory) -> memoryview:
 
 def unpack_shipment(
     memory: memoryview, slot_bytes: int, shipment: Shipment
-) -> tuple[list[Arrival], dict[str, Split]]:
+) -> tuple[list[Arrival], dict[str, FoundSplit]]:
     """The child's side of `PacketSlots.fill`: the arrivals with views of their packets,
     and the Splits the parent stored."""
     base = shipment.lane * slot_bytes
@@ -542,11 +555,11 @@ def unpack_shipment(
             packets=memory[base + start : base + end],
         )
         arrivals.append(Arrival(topic, received_at, size, envelope))
-    splits: dict[str, Split] = {}
+    splits: dict[str, FoundSplit] = {}
     if shipment.splits:
         slot = np.frombuffer(memory, dtype=np.uint8)[base : base + slot_bytes]
-        for vehicle, at, entries, tails in shipment.splits:
-            splits[vehicle] = _load_split(slot, at, entries, tails)
+        for vehicle, at, entries, tails, seconds in shipment.splits:
+            splits[vehicle] = FoundSplit(_load_split(slot, at, entries, tails), seconds)
     return arrivals, splits
 
 

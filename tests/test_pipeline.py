@@ -24,6 +24,7 @@ from groundstation.pipeline import (
     DECODE_BATCHES_IN_FLIGHT,
     Arrival,
     DecodeWorker,
+    FoundSplit,
     IngestQueue,
     PacketSlots,
     Pipeline,
@@ -337,7 +338,9 @@ def test_packet_slots_carry_the_parents_split_to_the_reader(room: bool) -> None:
                 assert set(splits) == set(by_vehicle)
             elif lane == 0:  # a full slot
                 assert splits == {}
-            for vehicle, split in splits.items():
+            for vehicle, found in splits.items():
+                split = found.split
+                assert 0 < found.seconds < 1
                 buffers = by_vehicle[vehicle]
                 sizes = np.array([len(b) for b in buffers], dtype=np.int64)
                 expected = splitters[vehicle].split(
@@ -347,14 +350,33 @@ def test_packet_slots_carry_the_parents_split_to_the_reader(room: bool) -> None:
                     assert np.array_equal(getattr(split, name), getattr(expected, name)), name
                     assert getattr(split, name).dtype == getattr(expected, name).dtype, name
                 given = PacketDecoder(DICTIONARIES[vehicle]).decode(buffers, split=split)
-                found = PacketDecoder(DICTIONARIES[vehicle]).decode(buffers)
-                assert given.counts() == found.counts()
-                assert np.array_equal(given.result, found.result)
+                own = PacketDecoder(DICTIONARIES[vehicle]).decode(buffers)
+                assert given.counts() == own.counts()
+                assert np.array_equal(given.result, own.result)
             if lane == 0 and room:
-                assert splits["ingenuity"].tail.shape[0] == 1  # the cut HK packet
+                assert splits["ingenuity"].split.tail.shape[0] == 1  # the cut HK packet
             del rebuilt, splits, item  # views of the shared memory, which must close
     finally:
         slots.close()
+
+
+def test_a_split_found_beforehand_counts_in_the_decode_time() -> None:
+    """gs_decode_seconds is the whole decoding, the parent's step 1 included."""
+    batch = [arrival(envelope(seq)) for seq in range(4)]
+    buffers = [bytes(a.envelope.packets) for a in batch if isinstance(a.envelope, Envelope)]
+    decoder = PacketDecoder(DICTIONARIES["ingenuity"])
+    split = decoder.split(
+        np.frombuffer(b"".join(buffers), np.uint8),
+        np.array([len(b) for b in buffers], dtype=np.int64),
+    )
+    pipeline = Pipeline(DICTIONARIES, telemetry=Telemetry(DICTIONARIES), clock=lambda: 5.0)
+    pipeline.process(batch, splits={"ingenuity": FoundSplit(split, 0.25)})
+    (decode,) = [
+        h for h in pipeline.telemetry.snapshot().histograms if h.family.name == "gs_decode_seconds"
+    ]
+    (series,) = decode.series
+    assert series.sum == pytest.approx(0.25)  # the clock stood still: only the split's time
+    assert series.cumulative_counts[-1] == 4
 
 
 def test_packet_slots_refuse_a_batch_larger_than_a_slot() -> None:
