@@ -239,7 +239,6 @@ def walk_one_by_one(dictionary: VehicleDictionary, buffer: bytes) -> list[Entry]
     return entries
 
 
-
 @settings(max_examples=300, deadline=None)
 @given(batches())
 def test_split_finds_what_a_header_by_header_walk_finds(case: tuple[str, list[bytes]]) -> None:
