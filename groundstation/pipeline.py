@@ -410,7 +410,7 @@ class PacketSlots:
     Each vehicle's packets lie back to back, in arrival order: the bytes its decoder joins.
     So the parent can also find the packets in them (decoding's step 1, `Split`) and store
     the result after the packets, where there is room; the decoding child, the busier of the
-    two processes, then skips that step (docs/decisions.md, "Step 1 in the parent").
+    two processes, then skips that step (docs/decisions.md, "Step 1 of decoding in the parent").
     """
 
     def __init__(self, *, lanes: int, slot_bytes: int) -> None:
