@@ -766,7 +766,9 @@ class PacketDecoder:
         inside = candidate + PRIMARY_HEADER_BYTES <= ends[rank]
         candidate, rank = candidate[inside], rank[inside]
         # The scan checked bytes 0 and 2; the APID (bytes 0-1) and the length (4-5) remain.
-        apid, length = _apids_and_lengths(data, candidate)
+        words = _header_words(data, candidate)
+        apid = (words[:, 0] & _APID_MASK).astype(np.int64)
+        length = words[:, 2].astype(np.int64) + _LENGTH_OFFSET
         following = candidate + length
         good = (
             (length >= self._min_length[apid])
@@ -928,26 +930,14 @@ def _beside(
         return job.result(), ahead
 
 
-def _apids_and_lengths(
-    data: NDArray[np.uint8], offsets: NDArray[np.int64]
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """The APID and packet length of the primary headers at the given offsets.
-
-    One gather of the headers, and two of its three words converted (not all three: this
-    runs on every candidate header of a mixed batch).
-    """
+def _header_words(data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> NDArray[np.uint16]:
+    """The three big-endian 16-bit words of the primary headers at the given offsets, as
+    (n, 3), in one gather; callers widen only the words they use (the walk runs this on
+    every candidate header of a mixed batch)."""
     if offsets.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    words = sliding_window_view(data, PRIMARY_HEADER_BYTES)[offsets].view(">u2")
-    apid = (words[:, 0] & _APID_MASK).astype(np.int64)
-    return apid, words[:, 2].astype(np.int64) + _LENGTH_OFFSET
-
-
-def _header_words(data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> NDArray[np.int64]:
-    """The three 16-bit words of the primary headers at the given offsets, as (n, 3)."""
-    if offsets.shape[0] == 0:
-        return np.zeros((0, 3), dtype=np.int64)
-    return sliding_window_view(data, PRIMARY_HEADER_BYTES)[offsets].view(">u2").astype(np.int64)
+        return np.zeros((0, 3), dtype=">u2")
+    words: NDArray[np.uint16] = sliding_window_view(data, PRIMARY_HEADER_BYTES)[offsets].view(">u2")
+    return words
 
 
 def _length_groups(split: Split) -> list[tuple[int, Index]]:
