@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+from groundstation.allocator import keep_freed_memory
 from groundstation.broker import quiet_broker_logs
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
@@ -60,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def run_daemon(config: Config) -> None:
     """Run until SIGTERM or SIGINT; the handlers only set the shutdown event."""
+    keep_freed_memory()  # this process is the daemon from now on (groundstation/allocator.py)
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
