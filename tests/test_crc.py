@@ -58,6 +58,13 @@ def test_rows_across_chunk_boundaries() -> None:
     assert crc16_rows(rows).tolist() == [crc16(row.tobytes()) for row in rows]
 
 
+def test_packet_wide_rows_across_chunk_and_block_boundaries() -> None:
+    """HELI_IMU-wide rows (134 bytes): more than one chunk, neither a whole number of the
+    transposition's blocks, all match the scalar CRC."""
+    rows = np.random.default_rng(8).integers(0, 256, size=(9_000, 134), dtype=np.uint8)
+    assert crc16_rows(rows).tolist() == [crc16(row.tobytes()) for row in rows]
+
+
 def test_appended_crc_leaves_zero_residue() -> None:
     """A message followed by its big-endian CRC has CRC 0 (the decoder relies on this)."""
     message = b"mars relay"
