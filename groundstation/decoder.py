@@ -493,19 +493,22 @@ class PacketDecoder:
         return self._split(data, ends - sizes, ends)
 
     def decode(
-        self, buffers: Sequence[bytes | memoryview], *, split: Split | None = None
+        self,
+        buffers: Sequence[bytes | memoryview],
+        *,
+        split: Split | None = None,
+        joined: memoryview | None = None,
     ) -> DecodeResult:
         """Decode buffers (one per envelope) in order; packets never span buffers.
 
-        `split`, if given, is `self.split` of these buffers, found beforehand.
+        `split`, if given, is `self.split` of these buffers, found beforehand. `joined`, if
+        given, is the buffers already back to back in one memory, which the caller keeps
+        unchanged while it reads the result (lazy fields read it after decode returns).
         """
         views = [memoryview(b).cast("B") for b in buffers]
-        # One copy at most, so that every step below works on a single array. Lazy fields
-        # read the data after decode returns: they must not see a caller's buffer reused.
-        reuse = len(views) == 1 and (self.calibration == "eager" or isinstance(buffers[0], bytes))
-        raw: bytes | memoryview = views[0] if reuse else b"".join(views)
-        data = np.frombuffer(raw, dtype=np.uint8)
         sizes = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
+        raw = self._one_memory(buffers, views, sizes, joined)
+        data = np.frombuffer(raw, dtype=np.uint8)
         ends = np.cumsum(sizes)
         starts = ends - sizes
         if split is None:
@@ -594,6 +597,25 @@ class PacketDecoder:
             columns=MappingProxyType(columns),
             lost=MappingProxyType(lost),
         )
+
+    def _one_memory(
+        self,
+        buffers: Sequence[bytes | memoryview],
+        views: list[memoryview],
+        sizes: NDArray[np.int64],
+        joined: memoryview | None,
+    ) -> bytes | memoryview:
+        """The buffers as one memory, so that every step works on a single array: `joined`,
+        the only buffer, or one copy. Lazy fields read the data after decode returns: they
+        must not see a caller's buffer reused."""
+        if joined is not None:
+            raw = joined.cast("B")
+            if raw.nbytes != int(sizes.sum()):
+                raise ValueError(f"joined holds {raw.nbytes} bytes, the buffers {sizes.sum()}")
+            return raw
+        if len(views) == 1 and (self.calibration == "eager" or isinstance(buffers[0], bytes)):
+            return views[0]
+        return b"".join(views)
 
     def _account(
         self,

@@ -61,6 +61,9 @@ class FoundSplit:
 
     split: Split
     seconds: float
+    packets: memoryview | None = None
+    """The vehicle's packets, back to back where the parent put them (`PacketSlots.fill`):
+    the decoder need not join them again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,7 @@ class Pipeline:
             result = self.decoders[vehicle].decode(
                 [envelope.packets for envelope in envelopes],
                 split=None if found is None else found.split,
+                joined=None if found is None else found.packets,
             )
             ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
             self.telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
@@ -542,11 +546,13 @@ def unpack_shipment(
     and the Splits the parent stored."""
     base = shipment.lane * slot_bytes
     arrivals: list[Arrival] = []
+    region: dict[str, tuple[int, int]] = {}  # where each vehicle's packets start and end
     for item in shipment.items:
         if isinstance(item, Arrival):
             arrivals.append(item)
             continue
         topic, received_at, size, relay, vehicle, seq, ert, start, end = item
+        region[vehicle] = (region.get(vehicle, (start, end))[0], end)
         envelope = Envelope(
             version=ENVELOPE_VERSION,
             relay=relay,
@@ -560,7 +566,10 @@ def unpack_shipment(
     if shipment.splits:
         slot = np.frombuffer(memory, dtype=np.uint8)[base : base + slot_bytes]
         for vehicle, at, entries, tails, seconds in shipment.splits:
-            splits[vehicle] = FoundSplit(_load_split(slot, at, entries, tails), seconds)
+            start, end = region[vehicle]
+            splits[vehicle] = FoundSplit(
+                _load_split(slot, at, entries, tails), seconds, memory[base + start : base + end]
+            )
     return arrivals, splits
 
 
@@ -708,6 +717,8 @@ def _child_resumed() -> int:
 def _child_process(shipment: Shipment) -> TelemetrySnapshot:
     child = _started_child()
     arrivals, splits = unpack_shipment(shared_buffer(child.slots), child.slot_bytes, shipment)
+    # The decoded results read the lane's slot (FoundSplit.packets): they are dropped here,
+    # before the parent can refill it; the telemetry keeps copies of what it needs.
     child.pipeline.process(arrivals, splits=splits)
     return child.pipeline.telemetry.snapshot()
 

@@ -377,3 +377,17 @@ def test_many_buffers_and_one_buffer_agree(ingenuity: VehicleDictionary) -> None
     for name, values in whole.columns[101].fields.items():
         joined = np.concatenate([p.columns[101].fields[name] for p in parts])
         np.testing.assert_array_equal(values, joined)
+
+
+def test_joined_buffers_must_be_the_buffers_back_to_back(ingenuity: VehicleDictionary) -> None:
+    """`joined` spares the decoder its copy; one of another size is a caller's error."""
+    buffers = [nav(seq) + nav(seq + 10) for seq in range(3)]
+    decoder = PacketDecoder(ingenuity, calibrate="lazy")
+    given = decoder.decode(buffers, joined=memoryview(b"".join(buffers)))
+    own = PacketDecoder(ingenuity, calibrate="lazy").decode(buffers)
+    assert np.array_equal(given.offset, own.offset)
+    assert np.array_equal(given.buffer, own.buffer)
+    assert given.counts() == own.counts() == {(101, "ok"): 6}
+    assert given.columns[101].fields["pos_z"].tolist() == [5.0] * 6
+    with pytest.raises(ValueError, match="joined holds"):
+        decoder.decode(buffers, joined=memoryview(b"".join(buffers[:2])))
