@@ -7,10 +7,10 @@ heap is over its trim threshold), so the next batch takes page faults and the ke
 fresh pages for it, over and over. Measured on the mixed stream (paired drains of 6,000
 envelopes): page faults per drain 53 k -> 13 k in the parent and 72 k -> 6 k in the
 decoding child; CPU per envelope down by ~15 us in the parent and ~25 us in the child
-(docs/performance.md, "Keeping freed memory").
+(docs/decisions.md, "Freed memory stays in the process").
 
 The cost is that a process stays at its peak heap instead of shrinking after a burst;
-that peak is bounded by the batch size (docs/reliability.md, "Bounds").
+that peak is bounded by the batch size (docs/decisions.md, "Bounds").
 """
 
 from __future__ import annotations

