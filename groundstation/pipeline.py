@@ -380,9 +380,10 @@ ShippedEnvelope = tuple[str, float, int, str, str, int, float, int, int]
 """A valid arrival without its packets: topic, received_at, size, relay, vehicle, seq, ert,
 and where its packets start and end in the lane's slot."""
 
-ShippedSplit = tuple[str, int, int, int, float]
+ShippedSplit = tuple[str, int, int, int, float, int, int]
 """A vehicle's step-1 entries (`Split`) stored in the lane's slot: vehicle, where the
-arrays start, how many entries, how many of them are malformed tails, seconds it took."""
+arrays start, how many entries, how many of them are malformed tails, seconds it took,
+and where the vehicle's packets (which it splits) start and end in the slot."""
 
 # The Split arrays as stored: offsets within the vehicle's packets, lengths, envelope
 # indices, tail indices (all < 2**32: a slot is smaller), then APIDs (-1 to 2047).
@@ -488,7 +489,10 @@ class PacketSlots:
             stored = _store_split(slot, at, split)
             if stored is None:
                 break  # no room: the child finds this vehicle's packets itself
-            splits.append((vehicle, at, split.offset.shape[0], split.tail.shape[0], seconds))
+            splits.append(
+                (vehicle, at, split.offset.shape[0], split.tail.shape[0], seconds,
+                 start, next_start[vehicle])
+            )  # fmt: skip
             at = stored
         return Shipment(lane=lane, items=items, splits=tuple(splits))
 
@@ -546,13 +550,11 @@ def unpack_shipment(
     and the Splits the parent stored."""
     base = shipment.lane * slot_bytes
     arrivals: list[Arrival] = []
-    region: dict[str, tuple[int, int]] = {}  # where each vehicle's packets start and end
     for item in shipment.items:
         if isinstance(item, Arrival):
             arrivals.append(item)
             continue
         topic, received_at, size, relay, vehicle, seq, ert, start, end = item
-        region[vehicle] = (region.get(vehicle, (start, end))[0], end)
         envelope = Envelope(
             version=ENVELOPE_VERSION,
             relay=relay,
@@ -565,8 +567,7 @@ def unpack_shipment(
     splits: dict[str, FoundSplit] = {}
     if shipment.splits:
         slot = np.frombuffer(memory, dtype=np.uint8)[base : base + slot_bytes]
-        for vehicle, at, entries, tails, seconds in shipment.splits:
-            start, end = region[vehicle]
+        for vehicle, at, entries, tails, seconds, start, end in shipment.splits:
             splits[vehicle] = FoundSplit(
                 _load_split(slot, at, entries, tails), seconds, memory[base + start : base + end]
             )
