@@ -12,7 +12,7 @@ event report every 10 s, interleaved by packet time). Methods, each the median o
 - struct loop: struct.unpack_from per packet into Python tuples; no CRC, no calibration;
 - numpy.copy of the buffer: the memory-bandwidth limit.
 
-Ratios taken in one run are what compare on a shared machine (../shared/PERFORMANCE.md).
+Ratios taken in one run are what compare on a shared machine.
 Run: `python benchmarks/bench_decode.py` (about a minute; --runs N, --scale X for sizes).
 """
 

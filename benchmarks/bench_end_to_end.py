@@ -1,7 +1,7 @@
 """End-to-end throughput: Mosquitto -> daemon (archive, ack, decode), beside raw subscribers.
 
 Same broker, same run, same payloads (ratios, not absolute figures, are what compare across
-runs on a shared machine: ../shared/PERFORMANCE.md). For each stream (HELI_IMU in envelopes
+runs on a shared machine). For each stream (HELI_IMU in envelopes
 of about 500 packets; a mixed flight stream), the broker's persistent session for each
 subscriber is preloaded with N messages, then the subscriber drains it:
 
@@ -461,7 +461,7 @@ def summarise(stream: Stream, results: Sequence[Result]) -> str:
     """Median rate of each subscriber over the rounds, and the daemon's ratios to them.
 
     The baselines drain the backlog in well under a second, and one run of bare aiomqtt
-    varied by half from the next on this machine: medians of interleaved rounds are what
+    can vary by half from the next on a shared 2-core host: medians of interleaved rounds are what
     the ratios use; each round's own ratio is listed too.
     """
     rates: dict[str, list[float]] = {}

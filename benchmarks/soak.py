@@ -1,4 +1,4 @@
-"""Soak run (issue 5, item 9): the daemon at the nominal flight rate, RSS and latency sampled.
+"""Soak run: the daemon at the nominal flight rate, RSS and latency sampled.
 
 Mosquitto, the daemon (a subprocess) and the simulator flying flight 3 live (speed 1,
 repeated) all run on loopback. Every `--sample-s` the script reads the daemon's RSS, open

@@ -315,7 +315,7 @@ def _from_document(
 def _broker_from(
     table: _Table, default: BrokerConfig, *, base: Path
 ) -> tuple[BrokerConfig, MqttVersion | None]:
-    # No host anywhere means "use the embedded broker" (issue 6, item 6); --broker may still
+    # No host anywhere means "use the embedded broker"; --broker may still
     # name one, see _apply_overrides.
     embedded = not table.has("host")
     tls = table.flag("tls", default.tls)

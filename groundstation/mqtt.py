@@ -1,6 +1,6 @@
 """The MQTT subscriber: persistent QoS 1 session, manual acknowledgement, reconnect with backoff.
 
-No data loss (issue 6, item 2) needs the PUBACK to leave only after the payload is in the
+No data loss needs the PUBACK to leave only after the payload is in the
 archive. aiomqtt 2.x acknowledges on receipt and cannot be told otherwise, and its bounded
 queue drops messages it has already acknowledged (aiomqtt issue #345; the fix, PR #346, is
 not merged). paho-mqtt >= 2.0 has manual acknowledgement (`manual_ack_set`, `ack`), and
@@ -565,8 +565,8 @@ class _BufferedReads:
     waits for the socket again. Everything else is the socket's own.
 
     The buffer is allocated once and read into (`recv_into`): a fresh 256 KiB object per
-    read cost a page fault per 4 KiB, dear on this VM (docs/decisions.md, the archive's page
-    cache). It holds the unread rest of one read plus the next: at most 512 KiB.
+    read costs a page fault per 4 KiB, dear on a virtual machine (docs/decisions.md, the
+    archive's page cache). It holds the unread rest of one read plus the next: at most 512 KiB.
     """
 
     def __init__(self, sock: Any) -> None:

@@ -579,7 +579,7 @@ class PipelineProcess:
 
     Receiving, archiving and acknowledging are Python work on the event loop; decoding is
     numpy work with many short Python steps between. In one process the two fight for the
-    GIL, and each hand-over can wait for the 5 ms switch interval: on this 2-core machine
+    GIL, and each hand-over can wait for the 5 ms switch interval: on two cores
     that cut end-to-end throughput to about a sixth. A child process makes them parallel;
     the packets reach it through shared memory (`PacketSlots`), the rest of each batch
     (a few hundred bytes an envelope) pickled, and a snapshot comes back (a few kB).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Check the deploy configs with Prometheus's own tool (issue 4): the server config (which
+# Check the deploy configs with Prometheus's own tool: the server config (which
 # also loads the rule files), the rules, and the rules' unit tests in
 # deploy/prometheus/tests/. Called by scripts/test.sh; exits non-zero on any failure.
 set -euo pipefail

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole argument parser; subcommand modules add their own options."""
     parser = argparse.ArgumentParser(
         prog="groundstation",
-        description="Mars relay telemetry ground station (see README.md and ../shared/ICD.md).",
+        description="Mars relay telemetry ground station (see README.md and docs/icd.md).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
