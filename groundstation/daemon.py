@@ -16,11 +16,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Final
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from groundstation.archive import ArchiveWriter
 from groundstation.broker import embedded_broker
@@ -200,8 +200,8 @@ class Daemon:
             self.config.metrics.host,
             self.config.metrics.port,
             app,
-            ThreadingWSGIServer,
-            handler_class=_SilentHandler,
+            _ThreadingWSGIServer,
+            handler_class=_QuietRequestHandler,
         )
         thread = threading.Thread(
             target=server.serve_forever,
@@ -219,6 +219,19 @@ class Daemon:
             server.shutdown()
             server.server_close()
             thread.join()
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow scraper cannot hold up /healthz."""
+
+    daemon_threads = True
+
+
+class _QuietRequestHandler(WSGIRequestHandler):
+    """No access log line per scrape: Prometheus scrapes every few seconds."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def _with_healthz(metrics_app: _WsgiApp, health: Callable[[], Health]) -> _WsgiApp:
