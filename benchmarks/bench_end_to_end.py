@@ -54,6 +54,7 @@ from paho.mqtt.properties import Properties
 
 from simulators.run import Simulation, SimulationOptions
 from simulators.stress import DEFAULT_MIX
+from tests.reliability_support import service_environment
 from tests.services import LOOPBACK, Mosquitto, find_binary, free_port, running_mosquitto
 
 TOPIC_FILTER = "mars/tm/+"
@@ -352,7 +353,9 @@ def bench_daemon(
     metrics_port = free_port()
     archive = workdir / f"archive-{client_id}"
     process = subprocess.Popen(
-        daemon_command(broker, metrics_port, archive, client_id, mqtt_version), cwd=REPO
+        daemon_command(broker, metrics_port, archive, client_id, mqtt_version),
+        cwd=REPO,
+        env=service_environment(),
     )
     try:
         started = wait_healthy(process, metrics_port)
@@ -427,7 +430,9 @@ def run_stream(broker: Mosquitto, stream: Stream, workdir: Path, round_: int) ->
             port = free_port()
             warmup = workdir / f"warmup-{client_id}"
             process = subprocess.Popen(
-                daemon_command(broker, port, warmup, client_id, version), cwd=REPO
+                daemon_command(broker, port, warmup, client_id, version),
+                cwd=REPO,
+                env=service_environment(),
             )
             wait_healthy(process, port)
             process.terminate()

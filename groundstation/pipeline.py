@@ -27,7 +27,6 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.allocator import keep_freed_memory
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
 from groundstation.decoder import DecodeResult, PacketDecoder, Split
 from groundstation.definitions import VehicleDictionary, load_dictionaries
@@ -673,7 +672,6 @@ _child: _Child | None = None
 
 def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     global _child  # noqa: PLW0603 - one pipeline per child process
-    keep_freed_memory()  # the decoder's temporaries are batch-sized (groundstation/allocator.py)
     # Ctrl-C reaches the whole process group, and systemd's default KillMode SIGTERMs the
     # whole cgroup: the parent alone decides when the child stops (it drains first).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

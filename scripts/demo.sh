@@ -7,4 +7,6 @@ if [ ! -x .venv/bin/groundstation ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi
+# The allocator setting of the shipped systemd unit (deploy/systemd/groundstation.service).
+export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456
 exec .venv/bin/groundstation demo "$@"

@@ -1,9 +1,9 @@
-"""Shared by the reliability tests (issue 5): figures, /proc, publisher, archive oracle, daemon.
+"""Shared by the reliability tests: figures, /proc, publisher, archive oracle, daemon.
 
 Figures are the point of these tests (docs/reliability.md): each test prints its figures and
 merges them into the JSON file named by RELIABILITY_FIGURES (default: one in the temp dir).
 The daemon runs as a real subprocess (`DaemonProcess`), restartable with the same archive,
-client id and metrics port; tests/daemon_support.py has a lighter one for issue 6's tests.
+client id and metrics port; tests/daemon_support.py has a lighter one.
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ REPO = Path(__file__).resolve().parent.parent  # `python -m groundstation` from 
 SEQ_COUNT_MODULUS = 16384  # ICD section 3: 14-bit packet sequence count
 FIGURES_ENV = "RELIABILITY_FIGURES"
 FIGURES_DEFAULT_NAME = "groundstation-reliability-figures.json"
+
+# glibc's allocator as the shipped systemd unit sets it (deploy/systemd/groundstation.service):
+# batch-sized temporaries freed and made again reuse warm pages (docs/decisions.md).
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456"
+
+
+def service_environment() -> dict[str, str]:
+    """This process's environment with the unit's allocator setting: the daemon as deployed."""
+    return {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES}
+
 
 Figure = int | float | str | bool | None
 MIB = 1024 * 1024
@@ -375,7 +385,11 @@ class DaemonProcess:
         started = time.monotonic()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=service_environment(),
             )
         self.wait_for(
             (lambda samples: total(samples, "gs_mqtt_connected") == 1)

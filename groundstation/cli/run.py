@@ -9,7 +9,6 @@ import os
 import signal
 from pathlib import Path
 
-from groundstation.allocator import keep_freed_memory
 from groundstation.broker import quiet_broker_logs
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
@@ -61,7 +60,6 @@ def main(args: argparse.Namespace) -> int:
 
 async def run_daemon(config: Config) -> None:
     """Run until SIGTERM or SIGINT; the handlers only set the shutdown event."""
-    keep_freed_memory()  # this process is the daemon from now on (groundstation/allocator.py)
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
