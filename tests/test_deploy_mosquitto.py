@@ -1,7 +1,7 @@
-"""deploy/mosquitto on a real Mosquitto: accounts, ACL, TLS and the offline queue (issue 4).
+"""deploy/mosquitto on a real Mosquitto: accounts, ACL, TLS and the offline queue (docs/deploy.md).
 
 The broker runs the production files of deploy/mosquitto, rewritten only for ports, paths
-and the process user (`deployed_config`). Reusable: the security tests of issue 5 can take
+and the process user (`deployed_config`). Reusable: the security tests can take
 `DeployedMosquitto`, `make_tls_files` and `Session` from here.
 """
 

@@ -1,4 +1,4 @@
-"""Hostile envelopes (issue 5, item 7): refused with a reason, cheaply, never an exception.
+"""Hostile envelopes (docs/reliability.md, item 7): refused with a reason, cheaply, no exception.
 
 tests/test_envelope.py checks each reason; this file runs the whole resource-exhaustion
 corpus of tests/fuzz/corpus.py with a time and memory measurement per payload (figures for

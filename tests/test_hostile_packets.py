@@ -1,4 +1,4 @@
-"""Hostile packet buffers (issue 5, item 7): every byte accounted for, never an exception.
+"""Hostile packet buffers (docs/reliability.md, item 7): every byte accounted for, no exception.
 
 The packet-level corpus of tests/fuzz/corpus.py goes through PacketDecoder with a time and
 memory measurement each (figures for docs/reliability.md); hypothesis then drives the

@@ -1,6 +1,6 @@
 """Every dashboard and rule expression against a real Prometheus scraping a real daemon.
 
-Issue 4, items 2 and 4: Debian's prometheus, started here on a free loopback port with
+Debian's prometheus (docs/deploy.md), started here on a free loopback port with
 deploy/prometheus/prometheus.yml rewritten for 1 s scrapes and rule evaluations, scrapes
 the daemon while the simulator plays flight 3 back through a real Mosquitto running
 deploy/mosquitto's files; then every PromQL expression of every dashboard and rule goes

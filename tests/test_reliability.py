@@ -1,4 +1,4 @@
-"""Reliability under faults (issue 5, items 1-4): no data loss, every loss counted.
+"""Reliability under faults (docs/reliability.md, items 1-4): no data loss, every loss counted.
 
 Real processes only: Mosquitto (tests/services.py) and the daemon as a subprocess
 (tests/reliability_support.py). Each test records its figures (docs/reliability.md); the

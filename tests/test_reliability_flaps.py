@@ -1,4 +1,4 @@
-"""Network flaps (issue 5, item 5): the daemon reconnects, and its resources stay flat.
+"""Network flaps (docs/reliability.md, item 5): the daemon reconnects, and its resources stay flat.
 
 The daemon talks to Mosquitto through tests/proxy.py, a loopback TCP proxy that the test
 cuts; the publisher talks to Mosquitto directly, so the stream goes on during the cuts.

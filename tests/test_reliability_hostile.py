@@ -1,4 +1,4 @@
-"""Hostile input through the running daemon (issue 5, item 7): counted, archived, survived.
+"""Hostile input through the daemon (docs/reliability.md, item 7): counted, archived, survived.
 
 The unit-level costs are in tests/test_hostile.py; here every corpus payload goes over
 MQTT to the daemon subprocess, each followed by a valid envelope that must be decoded.

@@ -1,4 +1,4 @@
-"""Slow consumer / overload (issue 5, item 6): memory stays bounded, the broker holds the rest.
+"""Slow consumer (docs/reliability.md, item 6): memory stays bounded, the broker holds the rest.
 
 The daemon's in-flight window (MQTT 5 Receive Maximum) and its bounded ingest queue are
 the only buffers inside it (groundstation/mqtt.py docstring): under overload the backlog

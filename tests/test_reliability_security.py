@@ -1,4 +1,4 @@
-"""Security defaults of the daemon (issue 5, item 8): nothing listens beyond loopback.
+"""Security defaults of the daemon (docs/reliability.md, item 8): nothing listens beyond loopback.
 
 The broker side (anonymous and wrong password refused, the daemon's ACL, TLS with the
 right and the wrong CA) is tested against deploy/mosquitto in tests/test_deploy_mosquitto.py;

@@ -1,4 +1,4 @@
-"""Soak (issue 5, item 9): the trend analysis in CI, the 30-minute run under `slow`.
+"""Soak (docs/reliability.md, item 9): the trend analysis in CI, the 30-minute run under `slow`.
 
 python -m benchmarks.soak --duration-s 1800 --output soak.json    # the documented run
 SOAK_DURATION_S=1800 python -m pytest -m slow tests/test_reliability_soak.py -s

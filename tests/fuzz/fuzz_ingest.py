@@ -1,4 +1,4 @@
-"""Atheris fuzz target for the envelope and packet path (issue 5, item 7).
+"""Atheris fuzz target for the envelope and packet path (docs/reliability.md, item 7).
 
 The first input byte picks the path: even, the rest is an MQTT payload (envelope, then its
 packets); odd, the rest is a `packets` buffer for vehicle `ingenuity` (bit 1 clear) or
