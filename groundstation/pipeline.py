@@ -175,28 +175,35 @@ class Pipeline:
         finds it while the child decodes the batch before: `PacketSlots.fill`).
         """
         by_vehicle: dict[str, list[Envelope]] = {}
+        redelivered: dict[str, list[bool]] = {}
         for arrival in batch:
             envelope = arrival.envelope
             if isinstance(envelope, Invalid):
                 self.telemetry.record_invalid(vehicle=envelope.vehicle)
                 continue
-            self.telemetry.record_envelope(
+            verdict = self.telemetry.record_envelope(
                 relay=envelope.relay,
                 vehicle=envelope.vehicle,
                 seq=envelope.seq,
+                ert=envelope.ert,
                 received_at=arrival.received_at,
             )
             by_vehicle.setdefault(envelope.vehicle, []).append(envelope)
+            redelivered.setdefault(envelope.vehicle, []).append(verdict == "duplicate")
         decoded: list[Decoded] = []
         for vehicle, envelopes in by_vehicle.items():
             started = self._clock()
             found = None if splits is None else splits.get(vehicle)
+            ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
+            # ICD section 6: a redelivered envelope's packets are all duplicates.
+            copies = redelivered[vehicle]
             result = self.decoders[vehicle].decode(
                 [envelope.packets for envelope in envelopes],
                 split=None if found is None else found.split,
                 joined=None if found is None else found.packets,
+                ert=ert,
+                redelivered=np.array(copies, dtype=np.bool_) if any(copies) else None,
             )
-            ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
             self.telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
             seconds = self._clock() - started + (0.0 if found is None else found.seconds)
             self.telemetry.record_decode_seconds(seconds, envelopes=len(envelopes))
@@ -250,13 +257,15 @@ def resume_sequences(
         vehicles=decoders,
     )
     for batch in batched(arrivals, batch_size):
-        by_vehicle: dict[str, list[bytes | memoryview]] = {}
+        by_vehicle: dict[str, list[Envelope]] = {}
         for arrival in batch:
             if isinstance(arrival.envelope, Envelope):
-                by_vehicle.setdefault(arrival.envelope.vehicle, []).append(arrival.envelope.packets)
-        for vehicle, buffers in by_vehicle.items():
-            decoders[vehicle].decode(buffers)
-            envelopes += len(buffers)
+                by_vehicle.setdefault(arrival.envelope.vehicle, []).append(arrival.envelope)
+        for vehicle, valid in by_vehicle.items():
+            # With each envelope's ert, as live: a clock_error packet is not accounted.
+            ert = np.fromiter((e.ert for e in valid), dtype=np.float64, count=len(valid))
+            decoders[vehicle].decode([e.packets for e in valid], ert=ert)
+            envelopes += len(valid)
     return envelopes
 
 
