@@ -60,12 +60,12 @@ from groundstation.encoder import (
     SEQ_FLAGS_UNSEGMENTED,
     packet_time,
 )
+from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.sequence import PACKET_SEQ_MODULUS, SequenceWindow
 
 __all__ = [
     "CLOCK_ERROR",
     "CRC_ERROR",
-    "DEFAULT_MAX_CLOCK_SKEW_S",
     "DUPLICATE",
     "MALFORMED",
     "OK",
@@ -88,8 +88,6 @@ UNKNOWN_APID: Final = 3
 DUPLICATE: Final = 4
 CLOCK_ERROR: Final = 5
 
-# ICD section 6: nothing arrives before it was sent; clocks may disagree by this much.
-DEFAULT_MAX_CLOCK_SKEW_S: Final = 60.0
 
 # The smallest packet that has both headers and a CRC; shorter ones are malformed whatever
 # their APID (docs/decisions.md, Decoder).

@@ -706,7 +706,11 @@ def flight_and_stress_arrivals(dictionaries: Mapping[str, VehicleDictionary]) ->
     ]
     return [
         check_payload(
-            delivery.topic, delivery.payload, 0.0, max_payload_bytes=1 << 24, vehicles=dictionaries
+            delivery.topic,
+            delivery.payload,
+            T0 + 86400.0,  # received after everything was sent
+            max_payload_bytes=1 << 24,
+            vehicles=dictionaries,
         )
         for options in runs
         for delivery in Simulation(options, start_time=T0).deliveries()
