@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from groundstation.crc import crc16, crc16_rows
 from groundstation.definitions import HEADER_BYTES, PRIMARY_HEADER_BYTES
-from groundstation.encoder import SEQ_COUNT_MODULUS, sclk_from_time
+from groundstation.encoder import FINE_PER_SECOND, SEQ_COUNT_MODULUS, sclk_from_time
 from groundstation.envelope import pack_envelope
 from simulators.faults import (
     ENVELOPE_FAULTS,
@@ -213,7 +213,9 @@ class EnvelopeBuilder:
             late = rng.integers(1, REORDER_MAX + 1, size=int(reordered.sum()))
             order[reordered] += late + 0.5
         delivery = np.argsort(order, kind="stable")
-        ready = np.maximum.accumulate(stream.time[ends - 1][delivery])
+        # The relay has an envelope once its newest packet exists; one SCLK tick more
+        # covers the encoder's rounding of packet time to the tick (ert >= packet time).
+        ready = np.maximum.accumulate(stream.time[ends - 1][delivery]) + 1 / FINE_PER_SECOND
 
         planned: list[PlannedEnvelope] = []
         for position, index in enumerate(delivery.tolist()):
