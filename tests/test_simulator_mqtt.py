@@ -8,6 +8,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -174,7 +175,7 @@ class TimedSubscriber(Subscriber):
     ],
 )
 async def test_nothing_is_received_before_its_ert(
-    mosquitto: Mosquitto, changes: dict[str, float]
+    mosquitto: Mosquitto, changes: dict[str, Any]
 ) -> None:
     """1. A subscriber notes the wall clock at which each envelope arrives.
     2. The simulator publishes flight 1 with the default start time, faster than real time
