@@ -11,6 +11,7 @@ the Earth-received time and packs the ICD section 2 payloads. Every envelope car
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,8 @@ from simulators.stream import PacketStream, gather_bytes
 
 Int64s = NDArray[np.int64]
 
-RESULTS: Final = ("ok", "crc_error", "malformed", "unknown_apid", "duplicate")  # ICD section 5
+# ICD section 5; the simulator never sends a packet from the future (no `clock_error`).
+RESULTS: Final = ("ok", "crc_error", "malformed", "unknown_apid", "duplicate", "clock_error")
 OK, CRC_ERROR, MALFORMED, UNKNOWN_APID, DUPLICATE = range(5)
 UNKNOWN_LABEL: Final = "unknown"  # ICD section 5: the vehicle label of an unreadable envelope
 RELAY: Final = "perseverance"
@@ -44,6 +46,8 @@ TOPIC_PREFIX: Final = "mars/tm/"
 INJECTED_APID: Final = 0x7F0
 # Relay downlink during a store-and-forward pass, for the Earth-received times of a burst.
 RELAY_DOWNLINK_BYTES_PER_S: Final = 250_000.0
+# A vehicle's envelopes are received at distinct times, in seq order, at least this apart.
+MIN_ERT_STEP_S: Final = 1e-6
 WRONG_VERSIONS: Final = (0, 2, 3, 99)
 GARBAGE_MARKER: Final = b"\xc1"  # a byte msgpack never uses: the payload cannot parse
 MIN_TRUNCATED_BYTES: Final = PRIMARY_HEADER_BYTES  # the APID stays readable
@@ -510,6 +514,26 @@ def _rewrite_counts(stream: PacketStream, boot_count: Int64s) -> PacketStream:
     return replace(stream, data=data)
 
 
+def _erts_in_seq_order(merged: Sequence[PlannedEnvelope], erts: list[float]) -> list[float]:
+    """Each vehicle's Earth-received times handed out in `seq` order, strictly increasing.
+
+    The relay's Earth-received times follow its envelope counter; a `reorder` fault delays
+    an envelope on the ground side (it is published after later ones, with the older `ert`
+    it was received at), so the ground station sees it as late (ICD section 6), not as a
+    relay restart. Every time stays at or after the leave time of the envelope delivered
+    in its place, which is at least its own packets' time plus the light time.
+    """
+    result = list(erts)
+    for vehicle in {plan.vehicle for plan in merged}:
+        positions = [i for i, plan in enumerate(merged) if plan.vehicle == vehicle]
+        by_seq = sorted(positions, key=lambda i: merged[i].seq)
+        previous = -math.inf
+        for position, ert in zip(by_seq, sorted(erts[i] for i in positions), strict=True):
+            previous = max(ert, previous + MIN_ERT_STEP_S)
+            result[position] = previous
+    return result
+
+
 def _count_by(env: Int64s, key: Int64s) -> dict[int, dict[int, int]]:
     """{env: {key: occurrences}} without a per-item loop (keys are below 2**20)."""
     if env.size == 0:
@@ -554,15 +578,17 @@ def schedule(
         (p for vehicle_plans in plans for p in vehicle_plans),
         key=lambda p: p.ready_time,
     )  # sorted() is stable: each vehicle keeps its own (possibly reordered) order
-    deliveries = []
+    leaves = []
     sent_bytes = 0
     for plan in merged:
         if pass_start is None:
-            leave = plan.ready_time
+            leaves.append(plan.ready_time)
         else:
-            leave = pass_start + sent_bytes / RELAY_DOWNLINK_BYTES_PER_S
+            leaves.append(pass_start + sent_bytes / RELAY_DOWNLINK_BYTES_PER_S)
             sent_bytes += len(plan.packets) + 64
-        ert = leave + light_time_s
+    erts = _erts_in_seq_order(merged, [leave + light_time_s for leave in leaves])
+    deliveries = []
+    for plan, leave, ert in zip(merged, leaves, erts, strict=True):
         deliveries.append(
             Delivery(
                 send_at_s=leave - run_start,
