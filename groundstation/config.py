@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final, Literal, TypeVar, get_args
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
 
 LOOPBACK: Final = "127.0.0.1"
@@ -104,6 +105,8 @@ class IngestConfig:
     batch_max_bytes: int = 8 * 1024 * 1024  # decoder call size: per-call costs amortised
     shutdown_timeout_s: float = 10.0  # drain budget after SIGTERM; systemd's stop timeout is longer
     resume_scan_bytes: int = 64 * 1024 * 1024  # archive tail replayed at start to resume sequences
+    # ICD section 6: how far ert may lie after the receive time, and packet time after ert.
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -396,6 +399,7 @@ def _ingest_from(table: _Table, default: IngestConfig) -> IngestConfig:
         batch_max_bytes=table.integer("batch_max_bytes", default.batch_max_bytes, minimum=1024),
         shutdown_timeout_s=table.seconds("shutdown_timeout_s", default.shutdown_timeout_s),
         resume_scan_bytes=table.integer("resume_scan_bytes", default.resume_scan_bytes, minimum=0),
+        max_clock_skew_s=table.seconds("max_clock_skew_s", default.max_clock_skew_s),
     )
     table.done()
     return config

@@ -86,6 +86,7 @@ class Daemon:
             max_payload_bytes=config.ingest.max_payload_bytes,
             batch_size=config.ingest.batch_max_envelopes,
             batch_max_bytes=config.ingest.batch_max_bytes,
+            max_clock_skew_s=config.ingest.max_clock_skew_s,
         )
         self.worker = DecodeWorker(
             self.pipeline,
@@ -129,6 +130,7 @@ class Daemon:
                 self._queue,
                 max_payload_bytes=config.ingest.max_payload_bytes,
                 vehicles=self.dictionaries,
+                max_clock_skew_s=config.ingest.max_clock_skew_s,
             )
             self.metrics_address = stack.enter_context(self._serve_http())
             if config.broker.embedded:

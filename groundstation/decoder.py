@@ -11,7 +11,9 @@ steps, in the order docs/interfaces.md fixes (ICD sections 3, 4 and 6):
 2. verify every packet's CRC at once: packets of equal length form one (n, L) array, a
    zero-copy strided view when they lie back to back. The CRC of a packet including its
    big-endian CRC field is zero exactly when the CRC matches (see groundstation.crc);
-3. unknown APIDs, then sequence accounting per APID (groundstation.sequence);
+3. unknown APIDs; with the envelopes' `ert`, packets dated after it (`clock_error`); the
+   entries of redelivered envelopes (`duplicate`); then sequence accounting per APID
+   (groundstation.sequence) of the CRC-valid packets that remain, keyed by packet time;
 4. calibrate each fixed-length APID through one structured-dtype view; keep the ok packets.
 
 Calibration is eager by default. A lazy decoder (`calibrate="lazy"`) does steps 1-3 alike
@@ -58,9 +60,11 @@ from groundstation.encoder import (
     SEQ_FLAGS_UNSEGMENTED,
     packet_time,
 )
+from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.sequence import PACKET_SEQ_MODULUS, SequenceWindow
 
 __all__ = [
+    "CLOCK_ERROR",
     "CRC_ERROR",
     "DUPLICATE",
     "MALFORMED",
@@ -74,12 +78,16 @@ __all__ = [
     "Split",
 ]
 
-RESULTS: Final = ("ok", "crc_error", "malformed", "unknown_apid", "duplicate")  # ICD 5 and 6
+RESULTS: Final = (  # ICD sections 5 and 6
+    "ok", "crc_error", "malformed", "unknown_apid", "duplicate", "clock_error",
+)  # fmt: skip
 OK: Final = 0
 CRC_ERROR: Final = 1
 MALFORMED: Final = 2
 UNKNOWN_APID: Final = 3
 DUPLICATE: Final = 4
+CLOCK_ERROR: Final = 5
+
 
 # The smallest packet that has both headers and a CRC; shorter ones are malformed whatever
 # their APID (docs/decisions.md, Decoder).
@@ -200,6 +208,8 @@ class DecodeResult:
     columns: Mapping[int, ApidColumns]
     lost: Mapping[int, int]
     """Net packets lost per known APID by this call; late packets make it smaller."""
+    restarts: Mapping[int, int]
+    """Counter restarts recognised per known APID by this call (ICD section 6, rule 3)."""
 
     def counts(self) -> dict[tuple[int, str], int]:
         """Packets per (apid, result name), the shape of gs_packets_total (ICD section 5)."""
@@ -460,9 +470,16 @@ class PacketDecoder:
     (see the module docstring); the verdicts and per-packet arrays do not depend on it.
     """
 
-    def __init__(self, dictionary: VehicleDictionary, *, calibrate: Calibration = "eager") -> None:
+    def __init__(
+        self,
+        dictionary: VehicleDictionary,
+        *,
+        calibrate: Calibration = "eager",
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+    ) -> None:
         self.dictionary: Final = dictionary
         self.calibration: Final = calibrate
+        self.max_clock_skew_s: Final = max_clock_skew_s
         size = MAX_APID + 1
         # Structure checks by APID (ICD section 6): unknown APIDs accept any length that
         # holds both headers and a CRC.
@@ -498,12 +515,18 @@ class PacketDecoder:
         *,
         split: Split | None = None,
         joined: memoryview | None = None,
+        ert: NDArray[np.float64] | None = None,
+        redelivered: NDArray[np.bool_] | None = None,
     ) -> DecodeResult:
         """Decode buffers (one per envelope) in order; packets never span buffers.
 
         `split`, if given, is `self.split` of these buffers, found beforehand. `joined`, if
         given, is the buffers already back to back in one memory, which the caller keeps
         unchanged while it reads the result (lazy fields read it after decode returns).
+        `ert[i]`, if given, is the Earth-received time of buffer i: a CRC-valid packet of a
+        known APID dated more than `max_clock_skew_s` after it is `clock_error`, and left
+        out of sequence accounting (ICD section 6). `redelivered[i]` marks a buffer whose
+        envelope was a copy of one seen: all its entries are `duplicate`, none accounted.
         """
         views = [memoryview(b).cast("B") for b in buffers]
         sizes = np.fromiter((v.nbytes for v in views), dtype=np.int64, count=len(views))
@@ -549,24 +572,28 @@ class PacketDecoder:
             if not good.all():
                 result[_positions(group.index, count)[~good]] = CRC_ERROR
 
-        # Step 3: unknown APIDs, then sequence accounting of the known ones.
-        present = _present(split.apid, crc_ok)
-        for apid in present.keys() - self.dictionary.packets.keys():
-            result[crc_ok & (split.apid == apid)] = UNKNOWN_APID
+        # Step 3: unknown APIDs, impossible times, redelivered envelopes, then sequence
+        # accounting of the rest.
+        accounted, present = self._set_aside(
+            split, time, crc_ok, result, buffers=len(views), ert=ert, redelivered=redelivered
+        )
         columns: dict[int, ApidColumns] = {}
         lost: dict[int, int] = {}
+        restarts: dict[int, int] = {}
         for apid, packet in self.dictionary.packets.items():
             window = self._windows[apid]
-            lost_before = window.lost
+            lost_before, restarts_before = window.lost, window.restarts
             ok = self._account(
                 apid,
                 present=present.get(apid, 0),
-                crc_ok=crc_ok,
+                accounted=accounted,
                 packet_apid=split.apid,
                 seq=seq,
+                time=time,
                 result=result,
             )
             lost[apid] = window.lost - lost_before
+            restarts[apid] = window.restarts - restarts_before
             if _size(ok, count) == 0:
                 continue
             source: _FieldSource
@@ -596,6 +623,7 @@ class PacketDecoder:
             result=result,
             columns=MappingProxyType(columns),
             lost=MappingProxyType(lost),
+            restarts=MappingProxyType(restarts),
         )
 
     def _one_memory(
@@ -617,23 +645,59 @@ class PacketDecoder:
             return views[0]
         return b"".join(views)
 
+    def _set_aside(
+        self,
+        split: Split,
+        time: NDArray[np.float64],
+        crc_ok: NDArray[np.bool_],
+        result: NDArray[np.uint8],
+        *,
+        buffers: int,
+        ert: NDArray[np.float64] | None,
+        redelivered: NDArray[np.bool_] | None,
+    ) -> tuple[NDArray[np.bool_], dict[int, int]]:
+        """Step 3 before accounting: mark unknown APIDs, impossible times and redelivered
+        envelopes; the entries left to account, and how many per APID."""
+        accounted = crc_ok
+        if ert is not None:
+            if ert.shape[0] != buffers:
+                raise ValueError(f"{ert.shape[0]} ert values for {buffers} buffers")
+            not_after = ert + self.max_clock_skew_s
+            too_late = time > (not_after[0] if buffers == 1 else not_after[split.buffer])
+            if too_late.any():
+                accounted = crc_ok & ~too_late
+                result[accounted ^ crc_ok] = CLOCK_ERROR
+        present = _present(split.apid, crc_ok)
+        for apid in present.keys() - self.dictionary.packets.keys():
+            result[crc_ok & (split.apid == apid)] = UNKNOWN_APID
+        if redelivered is not None and redelivered.any():
+            if redelivered.shape[0] != buffers:
+                raise ValueError(f"{redelivered.shape[0]} redelivered flags, {buffers} buffers")
+            copies = redelivered[split.buffer]
+            result[copies] = DUPLICATE
+            accounted = accounted & ~copies
+        if accounted is not crc_ok:
+            present = _present(split.apid, accounted)
+        return accounted, present
+
     def _account(
         self,
         apid: int,
         *,
         present: int,
-        crc_ok: NDArray[np.bool_],
+        accounted: NDArray[np.bool_],
         packet_apid: NDArray[np.int32],
         seq: NDArray[np.int32],
+        time: NDArray[np.float64],
         result: NDArray[np.uint8],
     ) -> Index:
-        """Step 3: sequence accounting of one APID's CRC-valid packets; the ok ones."""
+        """Step 3: sequence accounting of one APID's packets left to account; the ok ones."""
         count = result.shape[0]
         if present == count:  # the common case, one APID throughout: no index needed
             selected: Index = slice(None)
         else:
-            selected = np.flatnonzero(crc_ok & (packet_apid == apid)) if present else _NOTHING
-        duplicate = self._windows[apid].account_many(seq[selected])
+            selected = np.flatnonzero(accounted & (packet_apid == apid)) if present else _NOTHING
+        duplicate = self._windows[apid].account_many(seq[selected], time[selected])
         if not duplicate.any():
             return selected
         positions = _positions(selected, count)
@@ -908,7 +972,7 @@ def _chained(
 def _drop_rejected(
     fixed: _FixedApid, result: NDArray[np.uint8]
 ) -> tuple[NDArray[np.intp], _FieldSource]:
-    """A fixed-length APID's ok packets only: no CRC errors or duplicates."""
+    """A fixed-length APID's ok packets only: no CRC or clock errors, no duplicates."""
     keep = np.flatnonzero(result[fixed.positions] == OK)
     return fixed.positions[keep], fixed.source.rows(keep)
 

@@ -2,7 +2,9 @@
 
 `unpack_envelope` never raises on bad input: it returns an `Invalid` with a stable reason
 (the `reason` of the log line) so that the caller counts, logs and archives it (ICD
-section 6). `pack_envelope` is the inverse, for the simulator and the tests.
+section 6). `check_arrival` then applies what needs the arrival's context: the topic must
+name the envelope's vehicle, and `ert` must be a possible time. `pack_envelope` is the
+inverse of unpacking, for the simulator and the tests.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ from typing import Final, Literal, TypeGuard
 
 import msgpack
 
+from groundstation.encoder import SCLK_EPOCH_UNIX_S
+
 ENVELOPE_VERSION: Final = 1
 SEQ_MODULUS: Final = 2**32
 UNKNOWN_VEHICLE: Final = "unknown"
+# ICD section 6: clocks of the relay chain and the ground station may disagree by this
+# much; an `ert` further ahead of the receive time, or a packet time further ahead of its
+# envelope's `ert`, is impossible.
+DEFAULT_MAX_CLOCK_SKEW_S: Final = 60.0
 
 # Limits for msgpack's unpacker: an envelope is a small map of short strings and one bin.
 # They bound what a hostile payload can make us allocate before we look at it.
@@ -35,6 +43,9 @@ InvalidReason = Literal[
     "bad_seq",
     "bad_ert",
     "bad_packets",
+    "topic_mismatch",
+    "ert_before_epoch",
+    "ert_in_future",
 ]
 
 
@@ -124,6 +135,35 @@ def _check_fields(
         ert=float(ert),
         packets=packets,
     )
+
+
+def check_arrival(
+    envelope: Envelope, *, topic: str, received_at: float, max_clock_skew_s: float
+) -> Envelope | Invalid:
+    """The checks of ICD section 6 that need the arrival: topic and time.
+
+    The topic's last level names the vehicle (`mars/tm/{vehicle}`; a bridge may prefix
+    more levels). `ert` lies between the SCLK epoch and the receive time plus the allowed
+    skew: old data stays valid, data from the future does not.
+    """
+    topic_vehicle = topic.rpartition("/")[2]
+    if topic_vehicle != envelope.vehicle:
+        return Invalid(
+            reason="topic_mismatch",
+            vehicle=envelope.vehicle,
+            detail=f"topic names {topic_vehicle[:40]!r}",
+        )
+    if envelope.ert < SCLK_EPOCH_UNIX_S:
+        return Invalid(
+            reason="ert_before_epoch", vehicle=envelope.vehicle, detail=repr(envelope.ert)[:40]
+        )
+    if envelope.ert > received_at + max_clock_skew_s:
+        return Invalid(
+            reason="ert_in_future",
+            vehicle=envelope.vehicle,
+            detail=f"{envelope.ert - received_at:.6g} s after receive time",
+        )
+    return envelope
 
 
 def _is_int(value: object) -> TypeGuard[int]:

@@ -30,7 +30,14 @@ from numpy.typing import NDArray
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
 from groundstation.decoder import DecodeResult, PacketDecoder, Split
 from groundstation.definitions import VehicleDictionary, load_dictionaries
-from groundstation.envelope import ENVELOPE_VERSION, Envelope, Invalid, unpack_envelope
+from groundstation.envelope import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    ENVELOPE_VERSION,
+    Envelope,
+    Invalid,
+    check_arrival,
+    unpack_envelope,
+)
 from groundstation.mqtt import Delivery
 from groundstation.telemetry import Telemetry, TelemetrySnapshot
 
@@ -140,11 +147,19 @@ def check_payload(
     *,
     max_payload_bytes: int,
     vehicles: Iterable[str],
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
 ) -> Arrival:
-    """Validate one payload (cheap msgpack unpack) into an Arrival; never raises."""
+    """Validate one payload (cheap msgpack unpack) into an Arrival; never raises.
+
+    The verdict depends only on the payload, the topic and `received_at`, which the archive
+    keeps: replay gives the same one."""
     envelope = unpack_envelope(
         payload, max_payload_bytes=max_payload_bytes, vehicles=frozenset(vehicles)
     )
+    if isinstance(envelope, Envelope):
+        envelope = check_arrival(
+            envelope, topic=topic, received_at=received_at, max_clock_skew_s=max_clock_skew_s
+        )
     return Arrival(topic=topic, received_at=received_at, size=len(payload), envelope=envelope)
 
 
@@ -157,11 +172,13 @@ class Pipeline:
         *,
         telemetry: Telemetry,
         decoders: Mapping[str, PacketDecoder] | None = None,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.telemetry = telemetry
         self.decoders: Mapping[str, PacketDecoder] = decoders or {
-            vehicle: PacketDecoder(dictionary) for vehicle, dictionary in dictionaries.items()
+            vehicle: PacketDecoder(dictionary, max_clock_skew_s=max_clock_skew_s)
+            for vehicle, dictionary in dictionaries.items()
         }
         self._clock = clock
 
@@ -174,28 +191,35 @@ class Pipeline:
         finds it while the child decodes the batch before: `PacketSlots.fill`).
         """
         by_vehicle: dict[str, list[Envelope]] = {}
+        redelivered: dict[str, list[bool]] = {}
         for arrival in batch:
             envelope = arrival.envelope
             if isinstance(envelope, Invalid):
                 self.telemetry.record_invalid(vehicle=envelope.vehicle)
                 continue
-            self.telemetry.record_envelope(
+            verdict = self.telemetry.record_envelope(
                 relay=envelope.relay,
                 vehicle=envelope.vehicle,
                 seq=envelope.seq,
+                ert=envelope.ert,
                 received_at=arrival.received_at,
             )
             by_vehicle.setdefault(envelope.vehicle, []).append(envelope)
+            redelivered.setdefault(envelope.vehicle, []).append(verdict == "duplicate")
         decoded: list[Decoded] = []
         for vehicle, envelopes in by_vehicle.items():
             started = self._clock()
             found = None if splits is None else splits.get(vehicle)
+            ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
+            # ICD section 6: a redelivered envelope's packets are all duplicates.
+            copies = redelivered[vehicle]
             result = self.decoders[vehicle].decode(
                 [envelope.packets for envelope in envelopes],
                 split=None if found is None else found.split,
                 joined=None if found is None else found.packets,
+                ert=ert,
+                redelivered=np.array(copies, dtype=np.bool_) if any(copies) else None,
             )
-            ert = np.fromiter((e.ert for e in envelopes), dtype=np.float64, count=len(envelopes))
             self.telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
             seconds = self._clock() - started + (0.0 if found is None else found.seconds)
             self.telemetry.record_decode_seconds(seconds, envelopes=len(envelopes))
@@ -204,9 +228,13 @@ class Pipeline:
 
 
 def archived_arrivals(
-    records: Iterable[ArchiveRecord], *, max_payload_bytes: int, vehicles: Iterable[str]
+    records: Iterable[ArchiveRecord],
+    *,
+    max_payload_bytes: int,
+    vehicles: Iterable[str],
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
 ) -> Iterator[Arrival]:
-    """Archive records re-validated exactly as they were on arrival."""
+    """Archive records re-validated exactly as they were on arrival (at their receive time)."""
     names = frozenset(vehicles)
     for record in records:
         yield check_payload(
@@ -215,6 +243,7 @@ def archived_arrivals(
             record.received_at,
             max_payload_bytes=max_payload_bytes,
             vehicles=names,
+            max_clock_skew_s=max_clock_skew_s,
         )
 
 
@@ -236,6 +265,7 @@ def resume_sequences(
     tail_bytes: int,
     max_payload_bytes: int,
     batch_size: int,
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
 ) -> int:
     """Feed the archive's tail through the decoders (no metrics): returns envelopes seen.
 
@@ -247,15 +277,18 @@ def resume_sequences(
         reader.records(tail_bytes=tail_bytes),
         max_payload_bytes=max_payload_bytes,
         vehicles=decoders,
+        max_clock_skew_s=max_clock_skew_s,
     )
     for batch in batched(arrivals, batch_size):
-        by_vehicle: dict[str, list[bytes | memoryview]] = {}
+        by_vehicle: dict[str, list[Envelope]] = {}
         for arrival in batch:
             if isinstance(arrival.envelope, Envelope):
-                by_vehicle.setdefault(arrival.envelope.vehicle, []).append(arrival.envelope.packets)
-        for vehicle, buffers in by_vehicle.items():
-            decoders[vehicle].decode(buffers)
-            envelopes += len(buffers)
+                by_vehicle.setdefault(arrival.envelope.vehicle, []).append(arrival.envelope)
+        for vehicle, valid in by_vehicle.items():
+            # With each envelope's ert, as live: a clock_error packet is not accounted.
+            ert = np.fromiter((e.ert for e in valid), dtype=np.float64, count=len(valid))
+            decoders[vehicle].decode([e.packets for e in valid], ert=ert)
+            envelopes += len(valid)
     return envelopes
 
 
@@ -269,10 +302,12 @@ class ArchivingSink:
         *,
         max_payload_bytes: int,
         vehicles: Iterable[str],
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
     ) -> None:
         self._writer = writer
         self._queue = queue
         self._max_payload_bytes = max_payload_bytes
+        self._max_clock_skew_s = max_clock_skew_s
         self._vehicles = frozenset(vehicles)
         self._log_invalid = InvalidEnvelopeLog()
         self.lock = asyncio.Lock()  # one archive call at a time (store, periodic fsync)
@@ -308,6 +343,7 @@ class ArchivingSink:
                 delivery.received_at,
                 max_payload_bytes=self._max_payload_bytes,
                 vehicles=self._vehicles,
+                max_clock_skew_s=self._max_clock_skew_s,
             )
             record = ArchiveRecord(
                 topic=delivery.topic,
@@ -592,12 +628,14 @@ class PipelineProcess:
         max_payload_bytes: int,
         batch_size: int,
         batch_max_bytes: int,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         lanes: int = DECODE_BATCHES_IN_FLIGHT,
     ) -> None:
         self._settings = _ChildSettings(
             archive_dir=archive_dir,
             resume_tail_bytes=resume_tail_bytes,
             max_payload_bytes=max_payload_bytes,
+            max_clock_skew_s=max_clock_skew_s,
             batch_size=batch_size,
             # A batch holds at most batch_max_bytes of payloads, or one payload of any size
             # (IngestQueue.take), and packets are never larger than their payload.
@@ -653,6 +691,7 @@ class _ChildSettings:
     archive_dir: Path
     resume_tail_bytes: int
     max_payload_bytes: int
+    max_clock_skew_s: float
     batch_size: int
     slot_bytes: int
 
@@ -687,13 +726,17 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     dictionaries = load_dictionaries()
     # Lazy: telemetry reads a few fields of a few rows (the newest second of IMU samples,
     # the newest packet of each APID), not every calibrated sample.
-    decoders = {vehicle: PacketDecoder(d, calibrate="lazy") for vehicle, d in dictionaries.items()}
+    decoders = {
+        vehicle: PacketDecoder(d, calibrate="lazy", max_clock_skew_s=settings.max_clock_skew_s)
+        for vehicle, d in dictionaries.items()
+    }
     resumed = resume_sequences(
         decoders,
         ArchiveReader(settings.archive_dir),
         tail_bytes=settings.resume_tail_bytes,
         max_payload_bytes=settings.max_payload_bytes,
         batch_size=settings.batch_size,
+        max_clock_skew_s=settings.max_clock_skew_s,
     )
     _child = _Child(
         pipeline=Pipeline(dictionaries, telemetry=Telemetry(dictionaries), decoders=decoders),

@@ -58,7 +58,7 @@ def packet_records(result: DecodeResult, dictionary: VehicleDictionary) -> Itera
 def summary(results: Iterable[DecodeResult], *, decode_seconds: float) -> dict[str, Any]:
     """Totals of one or more decode calls; the caller owns the clock that timed them.
 
-    Keys: packets (entries, a malformed tail counting as one), results (all five result
+    Keys: packets (entries, a malformed tail counting as one), results (all six result
     names), lost (net packets lost per APID, keys decimal strings), packets_per_second.
     """
     packets = 0

@@ -21,7 +21,7 @@ from groundstation.decoder import OK, RESULTS, ApidColumns, DecodeResult
 from groundstation.definitions import FieldDef, PacketDef, VehicleDictionary
 from groundstation.envelope import SEQ_MODULUS, UNKNOWN_VEHICLE
 from groundstation.errors import DefinitionError
-from groundstation.sequence import SEQ_WINDOW, SequenceWindow
+from groundstation.sequence import SEQ_WINDOW, SequenceResult, SequenceWindow
 
 __all__ = [
     "DECODE_BUCKETS_S",
@@ -190,6 +190,17 @@ PACKETS_LOST: Final = _counter(
 EVENTS: Final = _counter(
     "gs_events_total", "vehicle", "severity", help="Event reports decoded, by severity."
 )
+SEQUENCE_RESTARTS: Final = _counter(
+    "gs_sequence_restarts_total",
+    "vehicle",
+    "apid",
+    help="Packet counter restarts recognised (a newer packet time, the count not ahead).",
+)
+ENVELOPE_RESTARTS: Final = _counter(
+    "gs_envelope_restarts_total",
+    "vehicle",
+    help="Envelope seq restarts recognised (a newer ert, seq not ahead), summed over relays.",
+)
 LAST_PACKET_TIME: Final = _gauge(
     "gs_last_packet_time_seconds",
     "vehicle",
@@ -219,7 +230,7 @@ DECODE_SECONDS: Final = FamilySpec(
 ENVELOPES_DUPLICATE: Final = _counter(
     "gs_envelopes_duplicate_total",
     "vehicle",
-    help="Valid envelopes whose seq was already seen (counted ok as well).",
+    help="Redelivered valid envelopes: (seq, ert) already seen (counted ok as well).",
 )
 NAV_STATE: Final = _gauge(
     "gs_nav_state", "vehicle", "state", help="1 for the current HELI_NAV nav_state, else 0."
@@ -263,6 +274,8 @@ TELEMETRY_FAMILIES: Final = (
     PACKETS,
     PACKETS_LOST,
     EVENTS,
+    SEQUENCE_RESTARTS,
+    ENVELOPE_RESTARTS,
     LAST_PACKET_TIME,
     LAST_RECEIVE_TIME,
     PACKET_LATENCY,
@@ -635,10 +648,12 @@ class _VehicleState:
         self._envelopes = self.values[ENVELOPES] = {("ok",): 0.0, ("invalid",): 0.0}
         self._envelopes_lost = self.values[ENVELOPES_LOST] = {(): 0.0}
         self._envelopes_duplicate = self.values[ENVELOPES_DUPLICATE] = {(): 0.0}
+        self._envelope_restarts = self.values[ENVELOPE_RESTARTS] = {(): 0.0}
         self.values[PACKETS] = {}
         for apid in dictionary.packets:
             self._add_apid_row(str(apid))
         self.values[PACKETS_LOST] = {(str(apid),): 0.0 for apid in dictionary.packets}
+        self.values[SEQUENCE_RESTARTS] = {(str(apid),): 0.0 for apid in dictionary.packets}
         severities = {
             name: 0.0 for names in self._event_severities.values() for name in names.values()
         }
@@ -669,7 +684,9 @@ class _VehicleState:
         series = self.values[family]
         series[labels] = series.get(labels, 0.0) + amount
 
-    def record_envelope(self, *, relay: str, seq: int, received_at: float) -> None:
+    def record_envelope(
+        self, *, relay: str, seq: int, ert: float, received_at: float
+    ) -> SequenceResult:
         window = self._relays.get(relay)
         if window is None:
             # ICD section 6: envelope seq is accounted like packet counts, modulo 2^32.
@@ -679,20 +696,27 @@ class _VehicleState:
             self._relays[relay] = window
         else:
             self._relays.move_to_end(relay)  # most recently heard last
-        lost_before = window.lost
-        if window.account(seq) == "duplicate":
+        lost_before, restarts_before = window.lost, window.restarts
+        verdict = window.account(seq, ert)
+        if verdict == "duplicate":
             self._envelopes_duplicate[()] += 1.0
         self._envelopes[("ok",)] += 1.0
         if window.lost != lost_before:
             self._envelopes_lost[()] += float(window.lost - lost_before)
+        if window.restarts != restarts_before:
+            self._envelope_restarts[()] += float(window.restarts - restarts_before)
         receive = self.values.setdefault(LAST_RECEIVE_TIME, {})
         receive[()] = max(received_at, receive.get((), -math.inf))
+        return verdict
 
     def record_packets(self, result: DecodeResult, ert: NDArray[np.float64]) -> None:
         for (apid, verdict), count in result.counts().items():
             self.add(PACKETS, (self.apid_label(apid), verdict), float(count))
         for apid, lost in result.lost.items():
             self.add(PACKETS_LOST, (self.apid_label(apid),), float(lost))
+        for apid, restarts in result.restarts.items():
+            if restarts:
+                self.add(SEQUENCE_RESTARTS, (self.apid_label(apid),), float(restarts))
         ok = result.result == OK
         if ok.all():  # the usual case: no need to select
             self.latency.observe(ert[result.buffer] - result.time)
@@ -783,9 +807,14 @@ class Telemetry:
         series = self._values[label][ENVELOPES]
         series[("invalid",)] += 1.0
 
-    def record_envelope(self, *, relay: str, vehicle: str, seq: int, received_at: float) -> None:
-        """Count a valid envelope and account its seq per (relay, vehicle) (ICD section 6)."""
-        self._vehicle(vehicle).record_envelope(relay=relay, seq=seq, received_at=received_at)
+    def record_envelope(
+        self, *, relay: str, vehicle: str, seq: int, ert: float, received_at: float
+    ) -> SequenceResult:
+        """Count a valid envelope and account its seq per (relay, vehicle), with `ert` as its
+        time (ICD section 6); `duplicate` for a redelivered envelope."""
+        return self._vehicle(vehicle).record_envelope(
+            relay=relay, seq=seq, ert=ert, received_at=received_at
+        )
 
     def record_packets(
         self, *, vehicle: str, result: DecodeResult, ert: NDArray[np.float64]

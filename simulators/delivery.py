@@ -10,17 +10,19 @@ the Earth-received time and packs the ICD section 2 payloads. Every envelope car
 
 from __future__ import annotations
 
+import itertools
+import math
 import struct
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.crc import crc16
+from groundstation.crc import crc16, crc16_rows
 from groundstation.definitions import HEADER_BYTES, PRIMARY_HEADER_BYTES
-from groundstation.encoder import SEQ_COUNT_MODULUS, sclk_from_time
+from groundstation.encoder import FINE_PER_SECOND, SEQ_COUNT_MODULUS, sclk_from_time
 from groundstation.envelope import pack_envelope
 from simulators.faults import (
     ENVELOPE_FAULTS,
@@ -33,7 +35,8 @@ from simulators.stream import PacketStream, gather_bytes
 
 Int64s = NDArray[np.int64]
 
-RESULTS: Final = ("ok", "crc_error", "malformed", "unknown_apid", "duplicate")  # ICD section 5
+# ICD section 5; the simulator never sends a packet from the future (no `clock_error`).
+RESULTS: Final = ("ok", "crc_error", "malformed", "unknown_apid", "duplicate", "clock_error")
 OK, CRC_ERROR, MALFORMED, UNKNOWN_APID, DUPLICATE = range(5)
 UNKNOWN_LABEL: Final = "unknown"  # ICD section 5: the vehicle label of an unreadable envelope
 RELAY: Final = "perseverance"
@@ -43,10 +46,13 @@ TOPIC_PREFIX: Final = "mars/tm/"
 INJECTED_APID: Final = 0x7F0
 # Relay downlink during a store-and-forward pass, for the Earth-received times of a burst.
 RELAY_DOWNLINK_BYTES_PER_S: Final = 250_000.0
+# A vehicle's envelopes are received at distinct times, in seq order, at least this apart.
+MIN_ERT_STEP_S: Final = 1e-6
 WRONG_VERSIONS: Final = (0, 2, 3, 99)
 GARBAGE_MARKER: Final = b"\xc1"  # a byte msgpack never uses: the payload cannot parse
 MIN_TRUNCATED_BYTES: Final = PRIMARY_HEADER_BYTES  # the APID stays readable
 NO_FAULT: Final = -1
+REORDER_MAX: Final = 3  # a reordered envelope arrives 1 to 3 envelopes late
 _CODE: Final[Mapping[FaultKind, int]] = {kind: code for code, kind in enumerate(FAULT_KINDS)}
 _HEADER: Final = struct.Struct(">HHHIH")
 
@@ -68,8 +74,9 @@ class EnvelopeAccount:
     faults: Mapping[FaultKind, int] = field(default_factory=dict)
     packets_sent: Mapping[int, int] = field(default_factory=dict)  # apid -> packets in payload
     results: Mapping[tuple[int, str], int] = field(default_factory=dict)  # expected verdicts
-    # apid -> (packets, lowest, highest unwrapped count) of the packets decoded `ok`
-    intact: Mapping[int, tuple[int, int, int]] = field(default_factory=dict)
+    # (apid, boot) -> (packets, lowest, highest count since that boot, unwrapped) of the
+    # packets decoded `ok`; boot 0 is the run's start, each `reboot` fault starts another
+    intact: Mapping[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +168,10 @@ class EnvelopeBuilder:
         self.rng = rng
         self._next_seq = 0
         self._next_injected = 0
-        self._started_apids: set[int] = set()
+        self._started_apids: set[int] = set()  # APIDs seen since the last boot
         self._first_envelope = True
+        self._boot = 0  # reboots so far
+        self._boot_base: dict[int, int] = {}  # apid -> unwrapped count that is 0 in this boot
 
     def build(self, stream: PacketStream, *, final: bool) -> list[PlannedEnvelope]:
         """Envelopes for the next packets of the vehicle, in the order the relay sends them."""
@@ -175,7 +184,10 @@ class EnvelopeBuilder:
         ends = np.append(starts[1:], n)
         env = np.repeat(np.arange(n_env), ends - starts)
 
-        env_fault, packet_fault = self._draw_faults(stream, starts, ends, env, final=final)
+        env_fault, packet_fault, boot, boot_count = self._draw_faults(
+            stream, starts, ends, env, final=final
+        )
+        stream = _rewrite_counts(stream, boot_count)
         source, injected_lengths = self._fault_bytes(stream, packet_fault)
         items = self._items(stream, packet_fault, injected_lengths, env)
         lengths = np.bincount(items.env, weights=items.length, minlength=n_env).astype(np.int64)
@@ -196,13 +208,18 @@ class EnvelopeBuilder:
             packet_fault=packet_fault,
             env=env,
             last_item=ends - 1,
+            boot=boot,
+            boot_count=boot_count,
         )
         order = np.arange(n_env, dtype=np.float64)
         reordered = env_fault == _CODE["reorder"]
         if reordered.any():
-            order[reordered] += rng.integers(1, 4, size=int(reordered.sum())) + 0.5
+            late = rng.integers(1, REORDER_MAX + 1, size=int(reordered.sum()))
+            order[reordered] += late + 0.5
         delivery = np.argsort(order, kind="stable")
-        ready = np.maximum.accumulate(stream.time[ends - 1][delivery])
+        # The relay has an envelope once its newest packet exists; one SCLK tick more
+        # covers the encoder's rounding of packet time to the tick (ert >= packet time).
+        ready = np.maximum.accumulate(stream.time[ends - 1][delivery]) + 1 / FINE_PER_SECOND
 
         planned: list[PlannedEnvelope] = []
         for position, index in enumerate(delivery.tolist()):
@@ -229,17 +246,38 @@ class EnvelopeBuilder:
 
     def _draw_faults(
         self, stream: PacketStream, starts: Int64s, ends: Int64s, env: Int64s, *, final: bool
-    ) -> tuple[NDArray[np.int8], NDArray[np.int8]]:
-        """Fault code (or NO_FAULT) per envelope and per packet, at most one each."""
+    ) -> tuple[NDArray[np.int8], NDArray[np.int8], Int64s, Int64s]:
+        """Fault code (or NO_FAULT) per envelope and per packet, at most one each; and per
+        packet its boot and count since that boot (`_boots`)."""
         rng = self.rng
         n, n_env = len(stream), starts.shape[0]
-        anchor_packet, anchor_env = self._anchors(stream, env, n_env, final=final)
         env_fault = np.full(n_env, NO_FAULT, dtype=np.int8)
+        reboot_rate = self.rates.get("reboot", 0.0)
+        if reboot_rate > 0.0:
+            # Not on the stream's first envelope, nor on a final run's last one.
+            possible = np.ones(n_env, dtype=np.bool_)
+            possible[0] = not self._first_envelope
+            if final:
+                possible[-1] = False
+            env_fault[possible & (rng.random(n_env) < reboot_rate)] = _CODE["reboot"]
+        reboots = np.flatnonzero(env_fault == _CODE["reboot"])
+        boot, boot_count = self._boots(stream, starts[reboots])
+        anchor_packet, anchor_env = self._anchors(
+            stream, env, n_env, reboot_starts=starts[reboots], final=final
+        )
+        # ICD section 6 reads a jump to count 0 as a restart: the packet before each wrap
+        # always arrives, so that the wrap is seen as one step (16383 -> 0).
+        wraps = np.flatnonzero(boot_count % SEQ_COUNT_MODULUS == SEQ_COUNT_MODULUS - 1)
+        anchor_packet[wraps] = True
+        anchor_env[env[wraps]] = True
         for kind in ENVELOPE_FAULTS:
             rate = self.rates.get(kind, 0.0)
-            if rate > 0.0:
+            if rate > 0.0 and kind != "reboot":
                 pick = (env_fault == NO_FAULT) & ~anchor_env & (rng.random(n_env) < rate)
                 env_fault[pick] = _CODE[kind]
+        for reboot in reboots.tolist():  # nothing from before a reboot arrives after it
+            before = env_fault[max(0, reboot - REORDER_MAX) : reboot]
+            before[before == _CODE["reorder"]] = NO_FAULT
         undelivered = np.isin(env_fault, [_CODE[k] for k in UNDELIVERED_FAULTS])
         truncated = env_fault == _CODE["truncate"]
 
@@ -256,18 +294,29 @@ class EnvelopeBuilder:
         if dropped.any():  # an envelope keeps at least one packet (ICD: `packets` is not empty)
             kept = np.bincount(env, weights=~dropped, minlength=n_env)
             packet_fault[starts[kept == 0]] = NO_FAULT
-        return env_fault, packet_fault
+        return env_fault, packet_fault, boot, boot_count
 
     def _anchors(
-        self, stream: PacketStream, env: Int64s, n_env: int, *, final: bool
+        self,
+        stream: PacketStream,
+        env: Int64s,
+        n_env: int,
+        *,
+        reboot_starts: Int64s,
+        final: bool,
     ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-        """Packets and envelopes that are never faulted: where accounting starts and ends."""
+        """Packets and envelopes that are never faulted: where accounting starts and ends
+        (and, after a reboot, where it restarts)."""
         n = len(stream)
         anchor_packet = np.zeros(n, dtype=np.bool_)
-        apids, first = np.unique(stream.apid, return_index=True)
-        new = ~np.isin(apids, list(self._started_apids))
-        anchor_packet[first[new]] = True
-        self._started_apids.update(int(a) for a in apids)
+        bounds = [0, *reboot_starts.tolist(), n]
+        for segment, (low, high) in enumerate(itertools.pairwise(bounds)):
+            if segment > 0:
+                self._started_apids = set()  # a reboot: every APID starts again
+            apids, first = np.unique(stream.apid[low:high], return_index=True)
+            new = ~np.isin(apids, list(self._started_apids))
+            anchor_packet[low + first[new]] = True
+            self._started_apids.update(int(a) for a in apids)
         anchor_env = np.zeros(n_env, dtype=np.bool_)
         if final:
             _, last_reversed = np.unique(stream.apid[::-1], return_index=True)
@@ -278,6 +327,29 @@ class EnvelopeBuilder:
             anchor_env[0] = True
             self._first_envelope = False
         return anchor_packet, anchor_env
+
+    def _boots(self, stream: PacketStream, reboot_starts: Int64s) -> tuple[Int64s, Int64s]:
+        """Per packet, its boot and its count since that boot (unwrapped): from each reboot
+        (starting at the given packets) every APID counts from 0 again, while packet time
+        runs on. These counts are what the ground station's accounting sees."""
+        n = len(stream)
+        boot = np.full(n, self._boot, dtype=np.int64)
+        base = np.zeros(n, dtype=np.int64)
+        bounds = [0, *reboot_starts.tolist(), n]
+        for segment, (low, high) in enumerate(itertools.pairwise(bounds)):
+            if segment > 0:
+                self._boot += 1
+                self._boot_base = {}
+            boot[low:high] = self._boot
+            apid = stream.apid[low:high]
+            for value in np.unique(apid).tolist():
+                if value not in self._boot_base:
+                    # Counting from 0 in this boot; before any reboot the stream's own counts.
+                    first = int(stream.count[low:high][apid == value][0])
+                    self._boot_base[value] = first if self._boot else 0
+                base[low:high][apid == value] = self._boot_base[value]
+        boot_count: Int64s = stream.count - base
+        return boot, boot_count
 
     def _fault_bytes(
         self, stream: PacketStream, packet_fault: NDArray[np.int8]
@@ -350,6 +422,8 @@ class EnvelopeBuilder:
         packet_fault: NDArray[np.int8],
         env: Int64s,
         last_item: Int64s,
+        boot: Int64s,
+        boot_count: Int64s,
     ) -> list[EnvelopeAccount]:
         """Per envelope: faults, packets sent and the decoder's expected verdicts."""
         undelivered = np.isin(env_fault, [_CODE[k] for k in UNDELIVERED_FAULTS])
@@ -369,7 +443,9 @@ class EnvelopeBuilder:
         sent = _count_by(items.env[carries_packets[items.env]], apid[carries_packets[items.env]])
         verdicts = _count_by(items.env[decoded], apid[decoded] * 8 + result[decoded])
         ok = decoded & (result == OK)
-        intact = _range_by(items.env[ok], apid[ok], stream.count[items.packet[ok]])
+        # Keyed by apid and boot: apid < 2048 (11 bits).
+        key = boot[items.packet[ok]] << 11 | apid[ok]
+        intact = _range_by(items.env[ok], key, boot_count[items.packet[ok]])
         faulted = packet_fault != NO_FAULT
         packet_faults = _count_by(env[faulted], packet_fault[faulted].astype(np.int64))
 
@@ -397,7 +473,10 @@ class EnvelopeBuilder:
                         (key // 8, RESULTS[key % 8]): c
                         for key, c in verdicts.get(index, {}).items()
                     },
-                    intact=intact.get(index, {}),
+                    intact={
+                        (key & 0x7FF, key >> 11): value
+                        for key, value in intact.get(index, {}).items()
+                    },
                 )
             )
         return accounts
@@ -412,6 +491,47 @@ class _Items:
     start: Int64s
     length: Int64s
     env: Int64s
+
+
+def _rewrite_counts(stream: PacketStream, boot_count: Int64s) -> PacketStream:
+    """The stream with each packet's count field set to its count since its boot (and its
+    CRC recomputed), where that differs from the count it was encoded with."""
+    changed = np.flatnonzero(boot_count % SEQ_COUNT_MODULUS != stream.count % SEQ_COUNT_MODULUS)
+    if changed.size == 0:
+        return stream
+    data = stream.data.copy()
+    wire = boot_count[changed] % SEQ_COUNT_MODULUS
+    for length in np.unique(stream.length[changed]).tolist():
+        which = stream.length[changed] == length
+        at = stream.offset[changed][which][:, np.newaxis] + np.arange(length)
+        rows = data[at]
+        rows[:, 2] = 0xC0 | (wire[which] >> 8)  # sequence flags 0b11, then the count
+        rows[:, 3] = wire[which] & 0xFF
+        check = crc16_rows(np.ascontiguousarray(rows[:, : length - 2]))
+        rows[:, length - 2] = check >> 8
+        rows[:, length - 1] = check & 0xFF
+        data[at] = rows
+    return replace(stream, data=data)
+
+
+def _erts_in_seq_order(merged: Sequence[PlannedEnvelope], erts: list[float]) -> list[float]:
+    """Each vehicle's Earth-received times handed out in `seq` order, strictly increasing.
+
+    The relay's Earth-received times follow its envelope counter; a `reorder` fault delays
+    an envelope on the ground side (it is published after later ones, with the older `ert`
+    it was received at), so the ground station sees it as late (ICD section 6), not as a
+    relay restart. Every time stays at or after the leave time of the envelope delivered
+    in its place, which is at least its own packets' time plus the light time.
+    """
+    result = list(erts)
+    for vehicle in {plan.vehicle for plan in merged}:
+        positions = [i for i, plan in enumerate(merged) if plan.vehicle == vehicle]
+        by_seq = sorted(positions, key=lambda i: merged[i].seq)
+        previous = -math.inf
+        for position, ert in zip(by_seq, sorted(erts[i] for i in positions), strict=True):
+            previous = max(ert, previous + MIN_ERT_STEP_S)
+            result[position] = previous
+    return result
 
 
 def _count_by(env: Int64s, key: Int64s) -> dict[int, dict[int, int]]:
@@ -458,15 +578,17 @@ def schedule(
         (p for vehicle_plans in plans for p in vehicle_plans),
         key=lambda p: p.ready_time,
     )  # sorted() is stable: each vehicle keeps its own (possibly reordered) order
-    deliveries = []
+    leaves = []
     sent_bytes = 0
     for plan in merged:
         if pass_start is None:
-            leave = plan.ready_time
+            leaves.append(plan.ready_time)
         else:
-            leave = pass_start + sent_bytes / RELAY_DOWNLINK_BYTES_PER_S
+            leaves.append(pass_start + sent_bytes / RELAY_DOWNLINK_BYTES_PER_S)
             sent_bytes += len(plan.packets) + 64
-        ert = leave + light_time_s
+    erts = _erts_in_seq_order(merged, [leave + light_time_s for leave in leaves])
+    deliveries = []
+    for plan, leave, ert in zip(merged, leaves, erts, strict=True):
         deliveries.append(
             Delivery(
                 send_at_s=leave - run_start,

@@ -4,7 +4,10 @@ Each kind is designed so that the decoder's result for it is exactly predictable
 docs/decisions.md, `## Simulator`): envelope kinds are drawn per envelope, packet kinds per
 packet, at most one fault per envelope and per packet, and never on the anchors (the
 first envelope and first packet of each stream, and the last ones of a finite run), so
-that sequence accounting always starts and ends on a packet that really arrived.
+that sequence accounting always starts and ends on a packet that really arrived. A reboot
+makes the first packet of each APID after it an anchor too (the restart is seen on count
+0), and no envelope in the three before it is reordered (nothing from before the reboot
+arrives after it).
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ FaultKind = Literal[
     "flip_bits",
     "duplicate_packet",
     "unknown_apid",
+    "reboot",
 ]
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
-# Drawn in this order; an envelope or packet already faulted is not drawn again.
+# Drawn in this order; an envelope or packet already faulted is not drawn again. A reboot
+# is drawn first: the faults around it are then chosen so that its counts stay exact.
 ENVELOPE_FAULTS: Final[tuple[FaultKind, ...]] = (
+    "reboot",
     "drop_envelope",
     "garbage",
     "wrong_version",
@@ -58,6 +64,8 @@ FAULT_HELP: Final[Mapping[FaultKind, str]] = MappingProxyType(
         "duplicate_packet": "per packet: sent twice in a row (one duplicate)",
         "unknown_apid": "per packet: a CRC-valid packet of an APID not in the dictionary "
         "is inserted before it (unknown_apid)",
+        "reboot": "per envelope: the vehicle reboots before it, every APID's count restarts "
+        "at 0 while the clock runs on (one sequence restart per APID, nothing lost)",
     }
 )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from groundstation.encoder import SEQ_COUNT_MODULUS
 from simulators.delivery import INJECTED_APID, RESULTS, UNKNOWN_LABEL, Delivery, topic_for
 from simulators.faults import FAULT_KINDS
 
@@ -51,8 +52,23 @@ class _VehicleTally:
     faults: Counter[str] = field(default_factory=Counter)
     packets_sent: Counter[int] = field(default_factory=Counter)
     results: Counter[tuple[int, str]] = field(default_factory=Counter)
-    intact: dict[int, _Range] = field(default_factory=dict)
+    intact: dict[tuple[int, int], _Range] = field(default_factory=dict)  # by (apid, boot)
     digest: Any = field(default_factory=hashlib.sha256)
+
+    def lost(self, apid: int) -> int:
+        """Net loss of an APID: within each boot (a reboot's jump loses nothing, ICD 6)."""
+        return sum(r.lost for (a, _), r in self.intact.items() if a == apid)
+
+    def restarts(self, apid: int) -> int:
+        """Counter restarts the ground station recognises (ICD section 6, rule 3).
+
+        Each boot after one with packets of the APID starts at count 0 (an anchor, always
+        received): a restart, unless the newest count before was 16383, when 0 is just the
+        next count.
+        """
+        highs = [r.high for (a, _), r in sorted(self.intact.items()) if a == apid]
+        return sum(high is not None and high % SEQ_COUNT_MODULUS != SEQ_COUNT_MODULUS - 1
+                   for high in highs[:-1])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -108,8 +124,8 @@ class ReportBuilder:
         tally.packets_sent.update(account.packets_sent)
         self.packets += sum(account.packets_sent.values())
         tally.results.update(account.results)
-        for apid, (count, low, high) in account.intact.items():
-            tally.intact.setdefault(apid, _Range()).add(count, low, high)
+        for key, (count, low, high) in account.intact.items():
+            tally.intact.setdefault(key, _Range()).add(count, low, high)
 
     def build(self, **extra: Any) -> SimulationReport:
         """The report of everything recorded so far."""
@@ -134,9 +150,12 @@ class ReportBuilder:
                         for apid in apids
                     },
                     "packets_lost": {
-                        str(apid): tally.intact[apid].lost if apid in tally.intact else 0
+                        str(apid): tally.lost(apid)
                         for apid in apids
                         if apid != INJECTED_APID  # not sequence-accounted (ICD section 6)
+                    },
+                    "sequence_restarts": {
+                        str(apid): tally.restarts(apid) for apid in apids if apid != INJECTED_APID
                     },
                 },
             }

@@ -41,6 +41,10 @@ DEFAULT_EPOCH: Final = 1619350260.0
 DEFAULT_BROKER_URL: Final = "mqtt://127.0.0.1:1883"
 GAP_BETWEEN_FLIGHTS_S: Final = 10.0
 STRESS_NOMINAL_RATE_PPS: Final = 1_000_000.0  # packet times of a flat-out stress run
+# Publishing faster than real time (--speed above 1, or unpaced) with the default start
+# time: the run starts this long in the past, so that it can play ahead of the wall clock
+# until it catches up with it (no envelope is ever received before its ert).
+HEAD_START_S: Final = 3600.0
 MAX_FLIGHTS_REPORTED: Final = 100
 
 
@@ -290,7 +294,13 @@ async def simulate(
     loop = asyncio.get_running_loop()
     start_time = options.start_time
     if start_time is None and options.output_dir is None:
-        start_time = round(time.time() - options.light_time_s, 3)
+        faster = not options.paced or (options.profile != STRESS and options.speed > 1)
+        head_start = HEAD_START_S if faster else 0.0
+        start_time = round(time.time() - options.light_time_s - head_start, 3)
+    # ICD section 6: nothing is received before it was sent. A broker's subscriber receives
+    # an envelope when it is published, so none is published before the wall clock reaches
+    # its ert, whatever the speed (directory output has no receive time).
+    epoch_minus_loop = time.time() - loop.time()
     simulation = Simulation(options, start_time=start_time)
     report_path = options.report_path
     if report_path is None and options.output_dir is not None:
@@ -321,10 +331,11 @@ async def simulate(
             if wall_limit is not None and loop.time() >= wall_limit:
                 break
             for delivery in batch:
-                if paced:
-                    due = wall_start + delivery.send_at_s / scale
-                    if due > loop.time():
-                        await asyncio.sleep(due - loop.time())
+                due = wall_start + delivery.send_at_s / scale if paced else -math.inf
+                if options.output_dir is None:
+                    due = max(due, delivery.ert - epoch_minus_loop)
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
                 await sink.send(delivery)
                 simulation.record(delivery)
                 if on_sent is not None:

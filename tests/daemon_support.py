@@ -27,8 +27,11 @@ HK_PER_ENVELOPE = 3
 HK_BATTERY_VOLTAGE_V = 7.5
 
 
-def hk_packet(seq: int, *, coarse: int = 800_000_000) -> bytes:
-    """HELI_HK in FLIGHT at 7.5 V, hand-packed from the ICD table (mV, cA, %, dBm, c°C)."""
+def hk_packet(seq: int, *, coarse: int = 753_000_000) -> bytes:
+    """HELI_HK in FLIGHT at 7.5 V, hand-packed from the ICD table (mV, cA, %, dBm, c°C).
+
+    Dated `coarse + seq` SCLK seconds: before `envelope`'s ert (nothing arrives before it was
+    sent, ICD section 6) for any seq the tests use."""
     body = HELI_HK.pack(3, 0, 7500, 100, 80, -60, 2000, 2500, 2537, 2537)
     return hand_pack(100, seq % 16384, body, coarse=coarse + seq)
 

@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.integration]
 
 NAV = HELI_NAV.pack(1.5, *[0.0] * 8, 1000, 1, 0)
 HK = HELI_HK.pack(4, 0, 7900, 0, 50, -60, 0, 0, 0, 0)
-STREAM = hand_pack(101, 0, NAV) + hand_pack(100, 0, HK) + hand_pack(101, 2, NAV) + b"\x08\x65"
+STREAM = (
+    hand_pack(101, 0, NAV) + hand_pack(100, 0, HK) + hand_pack(101, 2, NAV, coarse=700_000_002)
+) + b"\x08\x65"  # NAV 0 and 2 two seconds apart: count 1 lost
 
 
 def groundstation(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -54,7 +56,8 @@ def test_summary_from_stdin() -> None:
     summary = json.loads(run.stdout)
     assert summary["packets"] == 4
     assert summary["results"] == {
-        "ok": 3, "crc_error": 0, "malformed": 1, "unknown_apid": 0, "duplicate": 0
+        "ok": 3, "crc_error": 0, "malformed": 1, "unknown_apid": 0, "duplicate": 0,
+        "clock_error": 0,  # a bare packet file has no ert (ICD section 5)
     }  # fmt: skip
     assert summary["lost"] == {"100": 0, "101": 1, "102": 0, "103": 0}
     assert summary["packets_per_second"] > 0

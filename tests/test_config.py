@@ -40,6 +40,7 @@ def test_defaults_use_the_embedded_broker_and_loopback_metrics() -> None:
     assert config.broker.topic_filter == "mars/tm/+"
     assert (config.metrics.host, config.metrics.port) == (LOOPBACK, DEFAULT_METRICS_PORT)
     assert config.archive.fsync == "always"
+    assert config.ingest.max_clock_skew_s == 60.0  # ICD section 6
 
 
 def test_config_is_frozen() -> None:
@@ -73,6 +74,7 @@ def test_toml_file_sets_every_section(tmp_path: Path) -> None:
 
         [ingest]
         shutdown_timeout_s = 3
+        max_clock_skew_s = 5
         """,
     )
     config = load_config(path, env={})
@@ -91,6 +93,7 @@ def test_toml_file_sets_every_section(tmp_path: Path) -> None:
     assert config.archive.fsync_interval_s == 0.5
     assert (config.metrics.host, config.metrics.port) == ("0.0.0.0", 9200)
     assert config.ingest.shutdown_timeout_s == 3.0
+    assert config.ingest.max_clock_skew_s == 5.0
 
 
 @pytest.mark.parametrize(
@@ -100,6 +103,7 @@ def test_toml_file_sets_every_section(tmp_path: Path) -> None:
         ("[archive]\nfsync_interval = 1\n", "archive.fsync_interval"),
         ("[metric]\nport = 1\n", "metric"),
         ("[ingest]\nqueue_size = 1\n", "ingest.queue_size"),
+        ("[ingest]\nmax_clock_skew = 60\n", "ingest.max_clock_skew"),
     ],
 )
 def test_unknown_key_is_an_error_naming_it(tmp_path: Path, text: str, key: str) -> None:
@@ -116,6 +120,7 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path, text: str, key: str) 
         ("[broker]\ntls = 1\n", "broker.tls: expected true or false"),
         ("[archive]\nfsync = 'sometimes'\n", "archive.fsync: 'sometimes' is not one of"),
         ("[ingest]\nshutdown_timeout_s = 0\n", "ingest.shutdown_timeout_s: 0 must be > 0"),
+        ("[ingest]\nmax_clock_skew_s = -1\n", "ingest.max_clock_skew_s: -1 must be > 0"),
         ("broker = 3\n", "broker: expected a table"),
         ("[broker\n", "groundstation.toml"),
         ("[broker]\nhost = 'h'\nreconnect_min_s = 9\nreconnect_max_s = 2\n", "reconnect_max_s"),

@@ -24,6 +24,7 @@ from tests.daemon_support import (
     publish,
     scrape,
 )
+from tests.icd_packets import HELI_HK, SCLK_EPOCH, hand_pack
 from tests.services import LOOPBACK, Mosquitto, free_port
 
 pytestmark = [pytest.mark.integration]
@@ -249,3 +250,56 @@ async def test_stop_with_a_backlog_at_the_broker_is_quick_and_loses_nothing(
     assert subscriber.close_seconds is not None
     assert subscriber.close_seconds < config.broker.connect_timeout_s / 4
     assert sorted(seqs) == list(range(backlog))
+
+
+@pytest.mark.asyncio
+async def test_impossible_times_and_topics_are_refused(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Wrong clocks and wrong topics through Mosquitto into the daemon (ICD section 6).
+
+    1. publish: HK at 7.5 V; a CRC-valid HK dated SCLK 0xFFFFFFFF (2136) at 15.0 V; two
+       envelopes with ert 1e308 and one with -1e308; an ingenuity envelope on
+       mars/tm/perseverance; then HK at 22.0 V, newer than the first;
+    2. /metrics: the battery gauge shows 22.0 V (the 2136 packet is `clock_error` and lost),
+       three envelopes invalid by time and one by topic, the latency sum finite;
+    3. replaying the archive (which kept each receive time) gives the same counters."""
+    ert = 1.7e9 + 600.0
+
+    def hk(seq: int, coarse: int, voltage_mv: int) -> bytes:
+        fields = HELI_HK.pack(3, 0, voltage_mv, 100, 80, -60, 2000, 2500, 2537, 2537)
+        return hand_pack(100, seq, fields, coarse=coarse)
+
+    def wrap(seq: int, at: float, packets: bytes, vehicle: str = "ingenuity") -> bytes:
+        document = {"v": 1, "relay": "perseverance", "vehicle": vehicle, "seq": seq, "ert": at,
+                    "packets": packets}  # fmt: skip
+        payload: bytes = msgpack.packb(document, use_bin_type=True)
+        return payload
+
+    now_sclk = int(ert) - SCLK_EPOCH - 600
+    config = daemon_config(mosquitto, tmp_path)
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+        await publish(mosquitto.port, [
+            wrap(0, ert, hk(0, now_sclk, 7500)),
+            wrap(1, ert + 1, hk(1, 0xFFFFFFFF, 15000)),
+            wrap(2, 1e308, hk(2, now_sclk + 2, 9000)),
+            wrap(3, 1e308, hk(3, now_sclk + 3, 9000)),
+            wrap(4, -1e308, hk(4, now_sclk + 4, 9000)),
+        ])  # fmt: skip
+        await publish(mosquitto.port, [wrap(5, ert + 5, hk(5, now_sclk + 5, 9000))],
+                      topic="mars/tm/perseverance")  # fmt: skip
+        await publish(mosquitto.port, [wrap(6, ert + 6, hk(6, now_sclk + 6, 22000))])
+        await processed(daemon, 7)
+        metrics = await scrape(daemon.metrics_address)
+    heli = 'vehicle="ingenuity"'
+    assert metrics[f"gs_battery_voltage_volts{{{heli}}}"] == pytest.approx(22.0)
+    assert metrics[f'gs_packets_total{{apid="100",result="clock_error",{heli}}}'] == 1
+    assert metrics[f'gs_packets_total{{apid="100",result="ok",{heli}}}'] == 2
+    assert metrics[f'gs_envelopes_total{{result="invalid",{heli}}}'] == 4
+    assert metrics[f"gs_packet_latency_seconds_count{{{heli}}}"] == 2
+    assert metrics[f"gs_packet_latency_seconds_sum{{{heli}}}"] == pytest.approx(1200.0)
+    summary = await asyncio.to_thread(
+        replay, config.archive.directory, max_payload_bytes=2**24, batch_size=4
+    )
+    assert summary["counters"] == counters(metrics)

@@ -39,9 +39,12 @@ def perseverance() -> VehicleDictionary:
     return load_dictionary("perseverance")
 
 
-def nav(seq: int, **overrides: Any) -> bytes:
-    """A valid HELI_NAV packet (or a broken one, through hand_pack's overrides)."""
-    return hand_pack(101, seq, NAV_BODY, coarse=COARSE, fine=FINE, **overrides)
+def nav(seq: int, *, at: int | None = None, **overrides: Any) -> bytes:
+    """A valid HELI_NAV packet (or a broken one, through hand_pack's overrides), dated `at`
+    seconds after COARSE, by default its count: packet time runs on with the count."""
+    return hand_pack(
+        101, seq, NAV_BODY, coarse=COARSE + (seq if at is None else at), fine=FINE, **overrides
+    )
 
 
 def results(result: DecodeResult) -> list[str]:
@@ -157,7 +160,7 @@ def test_per_packet_arrays(ingenuity: VehicleDictionary) -> None:
     assert result.length.tolist() == [54, 30, 54]
     assert result.apid.tolist() == [101, 100, 101]
     assert result.seq.tolist() == [1, 8, 2]
-    assert result.time.tolist() == [time_of(COARSE, FINE)] * 3
+    assert result.time.tolist() == [time_of(COARSE + t, FINE) for t in (1, 0, 2)]
     assert result.columns[101].index.tolist() == [0, 2]
     assert result.counts() == {(101, "ok"): 2, (100, "ok"): 1}
 
@@ -244,7 +247,8 @@ def test_duplicate(ingenuity: VehicleDictionary) -> None:
 
 def test_sequence_wraps_at_16384(ingenuity: VehicleDictionary) -> None:
     """Counts 16382, 16383, 0, 1 advance by one each: all ok, nothing lost."""
-    result = decode(ingenuity, b"".join(nav(seq) for seq in (16382, 16383, 0, 1)))
+    packets = (nav(seq, at=at) for at, seq in enumerate((16382, 16383, 0, 1)))
+    result = decode(ingenuity, b"".join(packets))
     assert results(result) == ["ok"] * 4
     assert result.lost[101] == 0
 
@@ -263,17 +267,23 @@ def test_late_packet_takes_one_back(ingenuity: VehicleDictionary) -> None:
 
 
 def test_window_edges(ingenuity: VehicleDictionary) -> None:
-    """d == 8192 is ahead (8191 lost); d == 8193 is behind, within the window.
+    """d == 8192 is ahead (8191 lost); a count 8191 behind newest is within the window.
 
-    1. 5, then 8196 (d = 8191): ahead, 8190 lost.
-    2. 5 again: d = 8193, behind and seen -> duplicate.
-    3. 6: d = 8194, behind, counted lost -> ok, lost -1.
-    4. 4: d = 8192 -> ahead again, 8191 more lost.
+    1. 5, then 8196 (d = 8191) one second on: ahead, 8190 lost.
+    2. 5 again, its time again: 8191 behind newest, seen -> duplicate.
+    3. 6, older than newest: late, counted lost -> ok, lost -1.
+    4. 4, newer than newest: d = 8192 -> ahead, 8191 more lost.
     """
     decoder = PacketDecoder(ingenuity)
-    steps = [(5, "ok", 0), (8196, "ok", 8190), (5, "duplicate", 0), (6, "ok", -1), (4, "ok", 8191)]
-    for seq, verdict, lost in steps:
-        result = decoder.decode([nav(seq)])
+    steps = [
+        (5, 10, "ok", 0),
+        (8196, 20, "ok", 8190),
+        (5, 10, "duplicate", 0),
+        (6, 11, "ok", -1),
+        (4, 30, "ok", 8191),
+    ]
+    for seq, at, verdict, lost in steps:
+        result = decoder.decode([nav(seq, at=at)])
         assert results(result) == [verdict], seq
         assert result.lost[101] == lost, seq
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.envelope import Envelope, Invalid, pack_envelope, unpack_envelope
+from groundstation.envelope import Envelope, Invalid, check_arrival, pack_envelope, unpack_envelope
 
 VEHICLES = frozenset({"ingenuity", "perseverance"})
 LIMIT = 1 << 20
@@ -101,3 +101,53 @@ def test_payload_over_the_limit_is_refused_before_unpacking() -> None:
 def test_any_bytes_give_an_envelope_or_a_reason(payload: bytes) -> None:
     """Random bytes never raise: the result is always one of the two types."""
     assert isinstance(unpack(payload), Envelope | Invalid)
+
+
+# --- checks that need the arrival: topic and time (ICD section 6) ------------------------
+
+SCLK_EPOCH = 946728000  # 2000-01-01T12:00:00 UTC, ICD section 3
+RECEIVED = 1.8e9
+
+
+def arrived(
+    *, topic: str = "mars/tm/ingenuity", received_at: float = RECEIVED, **changes: object
+) -> Envelope | Invalid:
+    envelope = unpack(msgpack.packb(valid_document(**changes), use_bin_type=True))
+    assert isinstance(envelope, Envelope)
+    return check_arrival(envelope, topic=topic, received_at=received_at, max_clock_skew_s=60.0)
+
+
+def test_topic_must_name_the_envelopes_vehicle() -> None:
+    """mars/tm/perseverance carrying an ingenuity envelope is invalid; a bridge prefix is not."""
+    mismatch = arrived(topic="mars/tm/perseverance")
+    assert isinstance(mismatch, Invalid)
+    assert (mismatch.reason, mismatch.vehicle) == ("topic_mismatch", "ingenuity")
+    assert "perseverance" in mismatch.detail
+    assert isinstance(arrived(topic="site-a/mars/tm/ingenuity"), Envelope)
+    assert isinstance(arrived(topic="ingenuity"), Envelope)
+    assert isinstance(arrived(topic="mars/tm/"), Invalid)
+
+
+@pytest.mark.parametrize(
+    ("ert", "reason"),
+    [
+        (SCLK_EPOCH - 0.001, "ert_before_epoch"),
+        (-1e308, "ert_before_epoch"),
+        (0, "ert_before_epoch"),
+        (RECEIVED + 60.001, "ert_in_future"),
+        (1e308, "ert_in_future"),
+    ],
+)
+def test_impossible_ert_is_invalid(ert: float, reason: str) -> None:
+    """Before the SCLK epoch, or more than max_clock_skew_s after the receive time."""
+    result = arrived(ert=ert)
+    assert isinstance(result, Invalid)
+    assert (result.reason, result.vehicle) == (reason, "ingenuity")
+
+
+@pytest.mark.parametrize("ert", [SCLK_EPOCH, SCLK_EPOCH + 1.0, RECEIVED - 1e8, RECEIVED + 60.0])
+def test_possible_ert_is_valid(ert: float) -> None:
+    """The epoch itself, historical data and a relay clock up to 60 s ahead are valid."""
+    result = arrived(ert=ert)
+    assert isinstance(result, Envelope)
+    assert result.ert == ert

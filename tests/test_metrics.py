@@ -53,6 +53,8 @@ ICD_FAMILIES: Mapping[str, tuple[str, frozenset[str]]] = {
     "gs_mqtt_connected": ("gauge", frozenset()),
     "gs_mqtt_reconnects_total": ("counter", frozenset()),
     "gs_ingest_queue_depth": ("gauge", frozenset()),
+    "gs_sequence_restarts_total": ("counter", frozenset({"vehicle", "apid"})),
+    "gs_envelope_restarts_total": ("counter", frozenset({"vehicle"})),
 }
 # The label values ICD section 5 fixes: family -> label -> values.
 ICD_LABEL_VALUES: Mapping[str, Mapping[str, frozenset[str]]] = {
@@ -73,7 +75,9 @@ ICD_LABEL_VALUES: Mapping[str, Mapping[str, frozenset[str]]] = {
     "gs_attitude_radians": {"axis": frozenset({"roll", "pitch", "yaw"})},
     "gs_envelopes_total": {"result": frozenset({"ok", "invalid"})},
     "gs_packets_total": {
-        "result": frozenset({"ok", "crc_error", "malformed", "unknown_apid", "duplicate"})
+        "result": frozenset(
+            {"ok", "crc_error", "clock_error", "malformed", "unknown_apid", "duplicate"}
+        )
     },
     "gs_events_total": {"severity": frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "FATAL"})},
 }
@@ -104,7 +108,9 @@ def fed_telemetry(dictionaries: Mapping[str, VehicleDictionary]) -> Telemetry:
     """A Telemetry that has seen one packet of every APID of both vehicles."""
     telemetry = Telemetry(dictionaries)
     for vehicle, dictionary in dictionaries.items():
-        telemetry.record_envelope(relay="perseverance", vehicle=vehicle, seq=0, received_at=T0)
+        telemetry.record_envelope(
+            relay="perseverance", vehicle=vehicle, seq=0, ert=T0 + 600.0, received_at=T0
+        )
         buffers = []
         for packet in dictionary.packets.values():
             shape = (1, packet.samples) if packet.samples > 1 else (1,)
@@ -209,7 +215,9 @@ def test_each_scrape_reads_the_snapshot_swapped_in_last(
     labels = {"vehicle": "ingenuity", "result": "ok"}
     assert registry.get_sample_value("gs_envelopes_total", labels) == 0.0
 
-    telemetry.record_envelope(relay="perseverance", vehicle="ingenuity", seq=0, received_at=T0)
+    telemetry.record_envelope(
+        relay="perseverance", vehicle="ingenuity", seq=0, ert=T0 + 600.0, received_at=T0
+    )
     assert registry.get_sample_value("gs_envelopes_total", labels) == 0.0
 
     current[0] = telemetry.snapshot()

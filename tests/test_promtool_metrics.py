@@ -155,9 +155,12 @@ def test_simulated_flight_metrics_pass_promtool_check() -> None:
     """1. Flight 3 is played back: 100 one-second envelopes per vehicle, decoded ten at a
        time, with one envelope lost, an invalid one per batch, one CRC failure and one
        unknown APID.
-    2. The registry is rendered as a scrape would render it.
-    3. `promtool check metrics` finds nothing to complain about, and the figures are those
-       of the flight (100 m flown, 85 m from the rover at the far point, landed)."""
+    2. After landing the helicopter reboots (HK count back to 0, its clock running on) and
+       the relay restarts (envelope seq back to 0, ert running on).
+    3. The registry is rendered as a scrape would render it.
+    4. `promtool check metrics` finds nothing to complain about, and the figures are those
+       of the flight (100 m flown, 85 m from the rover at the far point, landed), with one
+       restart of each kind and no duplicates."""
     promtool = find_binary("promtool")
     dictionaries = load_dictionaries()
     telemetry = Telemetry(dictionaries)
@@ -172,15 +175,16 @@ def test_simulated_flight_metrics_pass_promtool_check() -> None:
                 for second in range(first, first + SECONDS_PER_BATCH)
                 if not (vehicle == "ingenuity" and second == lost_envelope)
             ]
-            for second in batch:
+            ert = T0 + LIGHT_TIME_S + np.asarray(batch, dtype=np.float64) + 1
+            for second, envelope_ert in zip(batch, ert.tolist(), strict=True):
                 telemetry.record_envelope(
                     relay="perseverance",
                     vehicle=vehicle,
                     seq=second,
-                    received_at=T0 + LIGHT_TIME_S + second + 1,
+                    ert=envelope_ert,
+                    received_at=envelope_ert + 0.5,
                 )
-            result = decoders[vehicle].decode([b"".join(envelopes[s]) for s in batch])
-            ert = T0 + LIGHT_TIME_S + np.asarray(batch, dtype=np.float64) + 1
+            result = decoders[vehicle].decode([b"".join(envelopes[s]) for s in batch], ert=ert)
             telemetry.record_packets(vehicle=vehicle, result=result, ert=ert)
             telemetry.record_decode_seconds(0.004, envelopes=len(batch))
         telemetry.record_invalid(vehicle="unknown")
@@ -188,6 +192,18 @@ def test_simulated_flight_metrics_pass_promtool_check() -> None:
         for family in snapshot.families:
             if family.family.name == "gs_range_to_rover_meters":
                 max_range = max([max_range, *(value for _, value in family.samples)])
+
+    reboot_time = T0 + FLIGHT_S + 30
+    reboot_ert = reboot_time + LIGHT_TIME_S
+    hk = dictionaries["ingenuity"].by_name("HELI_HK")
+    after_reboot = encode_packet(
+        hk, seq=0, time=reboot_time, values={f.name: 0 for f in hk.fields} | {"mode": "IDLE"}
+    )
+    telemetry.record_envelope(
+        relay="perseverance", vehicle="ingenuity", seq=0, ert=reboot_ert, received_at=reboot_ert
+    )
+    result = decoders["ingenuity"].decode([after_reboot], ert=np.array([reboot_ert]))
+    telemetry.record_packets(vehicle="ingenuity", result=result, ert=np.array([reboot_ert]))
 
     final = telemetry.snapshot()
     registry = CollectorRegistry()
@@ -219,7 +235,13 @@ def test_simulated_flight_metrics_pass_promtool_check() -> None:
     assert value("gs_packets_total", unknown) == 1.0
     assert value("gs_flight_distance_meters", heli) == pytest.approx(100.0, abs=0.5)
     assert max_range == pytest.approx(85.0, abs=1.0)
-    assert value("gs_vehicle_mode", {**heli, "mode": "LANDED"}) == 1.0
+    assert value("gs_vehicle_mode", {**heli, "mode": "IDLE"}) == 1.0  # after the reboot
+    assert value("gs_sequence_restarts_total", {**heli, "apid": "100"}) == 1.0
+    assert value("gs_sequence_restarts_total", {**heli, "apid": "101"}) == 0.0
+    assert value("gs_envelope_restarts_total", heli) == 1.0
+    assert value("gs_envelope_restarts_total", {"vehicle": "perseverance"}) == 0.0
+    assert value("gs_packets_total", {**heli, "apid": "100", "result": "duplicate"}) == 0.0
+    assert value("gs_packets_total", {**heli, "apid": "100", "result": "clock_error"}) == 0.0
     assert value("gs_events_total", {**heli, "severity": "WARNING"}) == 1.0
     assert value("gs_vibration_rms_mps2", {**heli, "axis": "z"}) == pytest.approx(0.02, abs=0.005)
     latency = value("gs_packet_latency_seconds_sum", heli) or 0.0

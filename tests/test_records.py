@@ -82,15 +82,20 @@ def test_non_finite_floats_are_null() -> None:
 
 
 def test_summary_adds_up_calls() -> None:
-    """Totals over several results: all five result names, net loss per APID as strings."""
+    """Totals over several results: all six result names, net loss per APID as strings.
+    Counts 0 and 3 lose 1 and 2; 1 arrives late (older than 3) and takes one back."""
     decoder = PacketDecoder(INGENUITY)
     nav = HELI_NAV.pack(*[0.0] * 9, 0, 0, 0)
-    first = decoder.decode([hand_pack(101, 0, nav) + hand_pack(101, 3, nav)])
-    second = decoder.decode([hand_pack(101, 1, nav) + struct.pack(">H", 0x0865)])
+    first = decoder.decode([hand_pack(101, 0, nav) + hand_pack(101, 3, nav, coarse=700_000_003)])
+    late = hand_pack(101, 1, nav, coarse=700_000_001)
+    second = decoder.decode([late + struct.pack(">H", 0x0865)])
     totals = summary([first, second], decode_seconds=0.5)
     assert totals == {
         "packets": 4,
-        "results": {"ok": 3, "crc_error": 0, "malformed": 1, "unknown_apid": 0, "duplicate": 0},
+        "results": {
+            **{"ok": 3, "crc_error": 0, "malformed": 1, "unknown_apid": 0},
+            **{"duplicate": 0, "clock_error": 0},
+        },
         "lost": {"100": 0, "101": 1, "102": 0, "103": 0},
         "packets_per_second": 8.0,
     }

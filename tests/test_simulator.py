@@ -46,6 +46,7 @@ class Decoded:
     invalid: Counter[str] = field(default_factory=Counter)
     counts: dict[str, dict[tuple[int, str], int]] = field(default_factory=dict)
     lost: dict[str, Mapping[int, int]] = field(default_factory=dict)
+    restarts: dict[str, Mapping[int, int]] = field(default_factory=dict)
     columns: dict[str, dict[int, Any]] = field(default_factory=dict)
 
     def envelopes_lost(self, vehicle: str) -> int:
@@ -81,10 +82,12 @@ def decode_directory(directory: Path) -> Decoded:
     for vehicle, dictionary in DICTIONARIES.items():
         if not buffers[vehicle]:  # a stress mix may leave a vehicle silent
             decoded.counts[vehicle], decoded.lost[vehicle], decoded.columns[vehicle] = {}, {}, {}
+            decoded.restarts[vehicle] = {}
             continue
         result = PacketDecoder(dictionary).decode(buffers[vehicle])
         decoded.counts[vehicle] = result.counts()
         decoded.lost[vehicle] = result.lost
+        decoded.restarts[vehicle] = result.restarts
         decoded.columns[vehicle] = dict(result.columns)
     return decoded
 
@@ -248,7 +251,8 @@ def test_decoder_counts_equal_the_reports_expected_counts(
     tmp_path: Path, profile: str, seed: int, per_envelope: int, store_and_forward: bool
 ) -> None:
     """Inject every fault kind at 4 %, decode envelope by envelope: every (APID, result)
-    count, every APID's loss, the invalid envelopes and the envelope loss are as reported."""
+    count, every APID's loss and counter restarts (reboots), the invalid envelopes and the
+    envelope loss are as reported."""
     report = run_to(
         tmp_path,
         profile=profile,
@@ -263,6 +267,9 @@ def test_decoder_counts_equal_the_reports_expected_counts(
         assert decoded.counts[vehicle] == expected_counts(report, vehicle)
         lost = {apid: n for apid, n in decoded.lost[vehicle].items() if n}
         assert lost == {int(a): n for a, n in section["expected"]["packets_lost"].items() if n}
+        restarts = {apid: n for apid, n in decoded.restarts[vehicle].items() if n}
+        expected = section["expected"]["sequence_restarts"]
+        assert restarts == {int(a): n for a, n in expected.items() if n}
         assert decoded.invalid[vehicle] == section["expected"]["envelopes"]["invalid"]
         assert decoded.envelopes_lost(vehicle) == section["expected"]["envelopes_lost"]
         ok_envelopes = sum(e.vehicle == vehicle for e in decoded.envelopes)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from groundstation.config import parse_broker_url
+from groundstation.decoder import PacketDecoder
+from groundstation.definitions import load_dictionaries
+from groundstation.envelope import Envelope, unpack_envelope
 from simulators.report import payload_digest_update
 from simulators.run import Simulation, SimulationOptions, simulate
 from tests.services import LOOPBACK, Mosquitto
@@ -140,3 +145,61 @@ async def test_simulator_reconnects_when_the_broker_restarts(mosquitto: Mosquitt
     published = sum(v["envelopes_published"] for v in report["vehicles"].values())
     assert published == len(expected)
     assert set(subscriber.received) == set(expected)
+
+
+@dataclass
+class TimedSubscriber(Subscriber):
+    """A Subscriber that also notes the wall clock at which each message arrived."""
+
+    arrival_times: list[float] = field(default_factory=list)
+
+    async def run(self) -> None:
+        async with aiomqtt.Client(LOOPBACK, self.port, identifier=self.client_id) as client:
+            await client.subscribe(TOPIC_FILTER, qos=1)
+            self.subscribed.set()
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                self.arrival_times.append(time.time())
+                self.received.append((str(message.topic), message.payload))
+                self.arrived.set()
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"speed": 20.0, "light_time_s": 600.0}, id="live-at-20x"),
+        pytest.param({"speed": 0.0}, id="live-unpaced"),
+        pytest.param({"store_and_forward": True, "light_time_s": 600.0}, id="store-and-forward"),
+    ],
+)
+async def test_nothing_is_received_before_its_ert(
+    mosquitto: Mosquitto, changes: dict[str, Any]
+) -> None:
+    """1. A subscriber notes the wall clock at which each envelope arrives.
+    2. The simulator publishes flight 1 with the default start time, faster than real time
+       (20x, unpaced, or one store-and-forward burst).
+    3. Every envelope arrives at or after its ert, and every packet's time is at least one
+       light time before its envelope's ert (ICD section 6: nothing arrives before it was
+       sent); and the run did go faster than real time."""
+    options = SimulationOptions(
+        profile="flight1", broker=parse_broker_url(mosquitto.url), seed=23, **changes
+    )
+    decoders = {vehicle: PacketDecoder(d) for vehicle, d in load_dictionaries().items()}
+    subscriber = TimedSubscriber(mosquitto.port, "sim-test-timed")
+    started = time.monotonic()
+    async with subscribed(subscriber):
+        report = (await simulate(options)).document
+        published = sum(v["envelopes_published"] for v in report["vehicles"].values())
+        await subscriber.wait_until(lambda: len(subscriber.received) >= published)
+    wall_s = time.monotonic() - started
+    erts = []
+    for (_, payload), arrived in zip(subscriber.received, subscriber.arrival_times, strict=True):
+        envelope = unpack_envelope(payload, max_payload_bytes=1 << 24, vehicles=decoders)
+        assert isinstance(envelope, Envelope)
+        assert envelope.ert <= arrived + 0.01
+        newest = decoders[envelope.vehicle].decode([envelope.packets]).time.max()
+        assert newest <= envelope.ert - options.light_time_s + 1e-6
+        erts.append(envelope.ert)
+    assert max(erts) - min(erts) > 2 * wall_s or changes.get("store_and_forward")

@@ -394,27 +394,37 @@ def test_vibration_uses_the_newest_second_of_samples(station: Station) -> None:
 
 
 def test_envelope_loss_duplicates_and_late_arrivals(station: Station) -> None:
-    """Relay `perseverance`, vehicle ingenuity:
+    """Relay `perseverance`, vehicle ingenuity, ert running on with seq:
     1. seq 0, 1, 2, 5: two envelopes lost.
-    2. seq 2 again: a duplicate (still a valid envelope: counted ok).
-    3. seq 3 arrives late: it takes one back from lost.
-    4. Another relay's counter is accounted apart; a wrap from 2^32-1 to 0 loses nothing."""
+    2. seq 2 again with its ert (a redelivery): a duplicate (still valid: counted ok).
+    3. seq 3 arrives late (its ert older than seq 5's): it takes one back from lost.
+    4. Another relay's counter is accounted apart; a wrap from 2^32-1 to 0 loses nothing.
+    5. The relay restarts: seq 0 again with a newer ert is a restart, not a duplicate."""
     record = station.telemetry.record_envelope
     for seq in (0, 1, 2, 5):
-        record(relay="perseverance", vehicle=HELI, seq=seq, received_at=T0 + seq)
+        record(relay="perseverance", vehicle=HELI, seq=seq, ert=T0 + seq, received_at=T0 + seq)
     assert station.value("gs_envelopes_lost_total", vehicle=HELI) == 2.0
 
-    record(relay="perseverance", vehicle=HELI, seq=2, received_at=T0 + 6)
+    assert record(relay="perseverance", vehicle=HELI, seq=2, ert=T0 + 2, received_at=T0 + 6) == (
+        "duplicate"
+    )
     assert station.value("gs_envelopes_duplicate_total", vehicle=HELI) == 1.0
     assert station.value("gs_envelopes_total", vehicle=HELI, result="ok") == 5.0
 
-    record(relay="perseverance", vehicle=HELI, seq=3, received_at=T0 + 7)
+    record(relay="perseverance", vehicle=HELI, seq=3, ert=T0 + 3, received_at=T0 + 7)
     assert station.value("gs_envelopes_lost_total", vehicle=HELI) == 1.0
 
-    for seq in (2**32 - 1, 0, 1):
-        record(relay="mro", vehicle=HELI, seq=seq, received_at=T0 + 8)
+    for at, seq in enumerate((2**32 - 1, 0, 1)):
+        record(relay="mro", vehicle=HELI, seq=seq, ert=T0 + at, received_at=T0 + 8)
     assert station.value("gs_envelopes_lost_total", vehicle=HELI) == 1.0
     assert station.value("gs_envelopes_lost_total", vehicle=ROVER) == 0.0
+
+    assert record(relay="perseverance", vehicle=HELI, seq=0, ert=T0 + 9, received_at=T0 + 9) == (
+        "ok"
+    )
+    assert station.value("gs_envelope_restarts_total", vehicle=HELI) == 1.0
+    assert station.value("gs_envelopes_duplicate_total", vehicle=HELI) == 1.0
+    assert station.value("gs_envelopes_lost_total", vehicle=HELI) == 1.0
 
 
 def test_relays_beyond_the_cap_are_forgotten_least_recent_first(station: Station) -> None:
@@ -424,11 +434,11 @@ def test_relays_beyond_the_cap_are_forgotten_least_recent_first(station: Station
     record = station.telemetry.record_envelope
     relays = [f"r{i}" for i in range(MAX_RELAYS_PER_VEHICLE + 1)]
     for relay in relays:
-        record(relay=relay, vehicle=ROVER, seq=0, received_at=T0)
-    record(relay="r0", vehicle=ROVER, seq=10, received_at=T0)
+        record(relay=relay, vehicle=ROVER, seq=0, ert=T0, received_at=T0)
+    record(relay="r0", vehicle=ROVER, seq=10, ert=T0 + 10, received_at=T0)
     assert station.value("gs_envelopes_lost_total", vehicle=ROVER) == 0.0
 
-    record(relay=relays[-1], vehicle=ROVER, seq=10, received_at=T0)
+    record(relay=relays[-1], vehicle=ROVER, seq=10, ert=T0 + 10, received_at=T0)
     assert station.value("gs_envelopes_lost_total", vehicle=ROVER) == 9.0
 
 
@@ -436,7 +446,7 @@ def test_last_receive_time_is_the_newest_wall_clock(station: Station) -> None:
     """Receive times 100, 300, 200: the gauge shows 300."""
     for seq, received_at in enumerate((100.0, 300.0, 200.0)):
         station.telemetry.record_envelope(
-            relay="perseverance", vehicle=ROVER, seq=seq, received_at=received_at
+            relay="perseverance", vehicle=ROVER, seq=seq, ert=T0 + seq, received_at=received_at
         )
     assert station.value("gs_last_receive_time_seconds", vehicle=ROVER) == 300.0
 
@@ -454,17 +464,25 @@ def test_invalid_envelopes_by_vehicle(station: Station) -> None:
 def test_packet_loss_is_net_of_late_packets(station: Station) -> None:
     """1. HK seq 0 and 3: two lost.
     2. seq 1 arrives late in a later batch: one lost.
-    3. seq 1 again: a duplicate, counted but not lost and not used for values."""
+    3. seq 1 again at its time: a duplicate, counted but not lost and not used for values.
+    4. seq 1 at a newer time (the vehicle rebooted): a restart, its values shown."""
     station.feed(HELI, hk(station, [T0, T0 + 3], seq=[0, 3], battery_voltage=[7.0, 8.0]))
     assert station.value("gs_packets_lost_total", vehicle=HELI, apid="100") == 2.0
 
-    station.feed(HELI, hk(station, [T0 + 1], seq=[1]))
+    station.feed(HELI, hk(station, [T0 + 1], seq=[1], battery_voltage=[5.0]))
     assert station.value("gs_packets_lost_total", vehicle=HELI, apid="100") == 1.0
+    assert station.value("gs_battery_voltage_volts", vehicle=HELI) == pytest.approx(8.0)
 
-    station.feed(HELI, hk(station, [T0 + 9], seq=[1], battery_voltage=[6.0]))
+    station.feed(HELI, hk(station, [T0 + 1], seq=[1], battery_voltage=[5.0]))
     assert station.value("gs_packets_total", vehicle=HELI, apid="100", result="duplicate") == 1
     assert station.value("gs_packets_lost_total", vehicle=HELI, apid="100") == 1.0
     assert station.value("gs_battery_voltage_volts", vehicle=HELI) == pytest.approx(8.0)
+
+    station.feed(HELI, hk(station, [T0 + 9], seq=[1], battery_voltage=[6.0]))
+    assert station.value("gs_packets_total", vehicle=HELI, apid="100", result="duplicate") == 1
+    assert station.value("gs_sequence_restarts_total", vehicle=HELI, apid="100") == 1
+    assert station.value("gs_packets_lost_total", vehicle=HELI, apid="100") == 1.0
+    assert station.value("gs_battery_voltage_volts", vehicle=HELI) == pytest.approx(6.0)
 
 
 def test_crc_error_counts_as_lost_and_is_not_used(station: Station) -> None:
@@ -568,7 +586,9 @@ def test_events_counted_by_severity_name(station: Station) -> None:
 def test_unknown_vehicle_is_a_programmer_error(station: Station) -> None:
     """The pipeline only records vehicles it has a decoder for: anything else raises."""
     with pytest.raises(ValueError, match="mallory"):
-        station.telemetry.record_envelope(relay="r", vehicle="mallory", seq=0, received_at=T0)
+        station.telemetry.record_envelope(
+            relay="r", vehicle="mallory", seq=0, ert=T0, received_at=T0
+        )
 
 
 def test_a_snapshot_never_changes_after_it_was_taken(station: Station) -> None:
@@ -686,7 +706,11 @@ def flight_and_stress_arrivals(dictionaries: Mapping[str, VehicleDictionary]) ->
     ]
     return [
         check_payload(
-            delivery.topic, delivery.payload, 0.0, max_payload_bytes=1 << 24, vehicles=dictionaries
+            delivery.topic,
+            delivery.payload,
+            T0 + 86400.0,  # received after everything was sent
+            max_payload_bytes=1 << 24,
+            vehicles=dictionaries,
         )
         for options in runs
         for delivery in Simulation(options, start_time=T0).deliveries()

@@ -19,6 +19,7 @@ from groundstation import records
 from groundstation.archive import ArchiveReader
 from groundstation.config import load_config
 from groundstation.definitions import VehicleDictionary, load_dictionaries
+from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
 from groundstation.pipeline import (
     Decoded,
@@ -50,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
     summary = replay(
         args.archive_dir,
         max_payload_bytes=config.ingest.max_payload_bytes,
+        max_clock_skew_s=config.ingest.max_clock_skew_s,
         batch_size=config.ingest.batch_max_envelopes,
         jsonl=sys.stdout if args.format == "jsonl" else None,
     )
@@ -60,14 +62,26 @@ def main(args: argparse.Namespace) -> int:
 
 
 def replay(
-    directory: Path, *, max_payload_bytes: int, batch_size: int, jsonl: TextIO | None = None
+    directory: Path,
+    *,
+    max_payload_bytes: int,
+    batch_size: int,
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+    jsonl: TextIO | None = None,
 ) -> dict[str, Any]:
-    """Decode the archive in arrival order; return the summary, write packets to `jsonl`."""
+    """Decode the archive in arrival order; return the summary, write packets to `jsonl`.
+
+    Each record is judged at its archived receive time, so the verdicts are live's."""
     dictionaries = load_dictionaries()
-    pipeline = Pipeline(dictionaries, telemetry=Telemetry(dictionaries))
+    pipeline = Pipeline(
+        dictionaries, telemetry=Telemetry(dictionaries), max_clock_skew_s=max_clock_skew_s
+    )
     reader = ArchiveReader(directory)
     arrivals = archived_arrivals(
-        reader.records(), max_payload_bytes=max_payload_bytes, vehicles=dictionaries
+        reader.records(),
+        max_payload_bytes=max_payload_bytes,
+        vehicles=dictionaries,
+        max_clock_skew_s=max_clock_skew_s,
     )
     log_invalid = InvalidEnvelopeLog()
     for batch in batched(arrivals, batch_size):
