@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from groundstation import __version__
@@ -151,7 +151,8 @@ def _parameter_names(dictionary: VehicleDictionary) -> Mapping[tuple[int, str], 
     names: dict[tuple[int, str], str] = {}
     reserved = {name for name, *_ in _HEADER_FIELDS} | {CRC_PARAMETER}
     for name, uses in by_name.items():
-        shared = all(field == uses[0][1] for _, field in uses) and name not in reserved
+        meanings = [replace(field, offset=0) for _, field in uses]  # where it lies is no matter
+        shared = all(m == meanings[0] for m in meanings) and name not in reserved
         for apid, field in uses:
             names[(apid, field.name)] = (
                 name if shared else f"{dictionary.packets[apid].name}_{name}"

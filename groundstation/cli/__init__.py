@@ -1,4 +1,4 @@
-"""Command line: `groundstation decode|run|replay|demo|dictionary`; the only place errors become exit codes."""
+"""Command line: `groundstation decode|run|replay|demo|dictionary`; errors become exit codes."""
 
 from __future__ import annotations
 
