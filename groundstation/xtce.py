@@ -244,7 +244,14 @@ def _crc_type(types: ET.Element) -> None:
         ),
     )
     _unit_set(element, None)
-    _integer_encoding(element, bits=8 * CRC_BYTES, signed=False)
+    encoding = _integer_encoding(element, bits=8 * CRC_BYTES, signed=False)
+    # XTCE 1.2 ErrorDetectCorrect: the algorithm, computed from the start of the packet up
+    # to this parameter. Yamcs checks CRCs in its link preprocessor instead (docs).
+    check = _sub(_sub(encoding, "ErrorDetectCorrect"), "CRC", width="16", reference="start")
+    check.set("bitsFromReference", "0")
+    ET.SubElement(check, _q("Polynomial")).text = "1021"
+    ET.SubElement(check, _q("InitRemainder")).text = "FFFF"
+    ET.SubElement(check, _q("FinalXOR")).text = "0000"
 
 
 def _parameter_type(types: ET.Element, parameter: _Parameter) -> None:

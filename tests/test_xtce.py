@@ -126,6 +126,13 @@ def test_export_has_the_structure_of_icd_section_9(vehicle: str) -> None:
     encoding = crc_type.find("xtce:IntegerDataEncoding", NS)
     assert encoding is not None
     assert encoding.get("sizeInBits") == "16"
+    crc = encoding.find("xtce:ErrorDetectCorrect/xtce:CRC", NS)
+    assert crc is not None
+    assert (crc.get("width"), crc.get("reflectData", "false")) == ("16", "false")
+    assert [
+        crc.findtext(f"xtce:{tag}", namespaces=NS)
+        for tag in ("Polynomial", "InitRemainder", "FinalXOR")
+    ] == ["1021", "FFFF", "0000"]
 
 
 def entries(container: ET.Element) -> list[str]:
