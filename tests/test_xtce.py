@@ -412,6 +412,21 @@ def test_enum_value_outside_the_table_is_a_number_for_us_and_an_error_for_xtce(
         definition.parse_bytes(packet)
 
 
+def test_invalid_utf8_text_is_replaced_by_us_and_refused_by_space_packet_parser(
+    tmp_path: Path,
+) -> None:
+    """Event text that is not UTF-8: our decoder shows U+FFFD for the bad bytes, so the
+    operator still sees the event; space_packet_parser raises (docs/interfaces.md)."""
+    dictionary = DICTIONARIES["ingenuity"]
+    packet = hand_pack(103, 1, EVR_FIXED.pack(3, 77) + b"\xff\xfeok")
+    record = next(packet_records(PacketDecoder(dictionary).decode([packet]), dictionary))
+    assert record["result"] == "ok"
+    assert record["fields"]["message"] == "\ufffd\ufffdok"
+    definition = spp_definition(export_xtce(dictionary), tmp_path)
+    with pytest.raises(UnicodeDecodeError):
+        definition.parse_bytes(packet)
+
+
 # --- a changed dictionary --------------------------------------------------------------
 
 
