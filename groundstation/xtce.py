@@ -58,9 +58,11 @@ _HEADER_FIELDS: Final = (
 
 @dataclass(frozen=True, kw_only=True)
 class _Parameter:
-    """One XTCE parameter: its name, the field it reads, and where the name came from."""
+    """One XTCE parameter: its name, its type's name, and the field it reads."""
 
     name: str
+    type_name: str
+    description: str | None
     field: FieldDef
     packet: PacketDef
 
@@ -69,8 +71,10 @@ def _q(tag: str) -> str:
     return f"{{{XTCE_NAMESPACE}}}{tag}"
 
 
-def _sub(parent: ET.Element, tag: str, **attributes: str) -> ET.Element:
-    return ET.SubElement(parent, _q(tag), attributes)
+def _sub(parent: ET.Element, tag: str, **attributes: str | None) -> ET.Element:
+    """A child element; attributes given as None are left out."""
+    present = {key: value for key, value in attributes.items() if value is not None}
+    return ET.SubElement(parent, _q(tag), present)
 
 
 def export_xtce(dictionary: VehicleDictionary) -> str:
@@ -110,6 +114,7 @@ def xtce_document(dictionary: VehicleDictionary) -> ET.Element:
 
     names = _parameter_names(dictionary)
     declared: set[str] = set()
+    declared_types: set[str] = set()
     for packet in dictionary.packets.values():
         container = _sub(
             containers,
@@ -119,15 +124,17 @@ def xtce_document(dictionary: VehicleDictionary) -> ET.Element:
         )
         entries = _sub(container, "EntryList")
         for parameter in _packet_parameters(packet, names):
+            if parameter.type_name not in declared_types:
+                declared_types.add(parameter.type_name)
+                _parameter_type(types, parameter)
             if parameter.name not in declared:
                 declared.add(parameter.name)
-                _parameter_type(types, parameter)
                 _sub(
                     parameters,
                     "Parameter",
                     name=parameter.name,
-                    parameterTypeRef=f"{parameter.name}_Type",
-                    shortDescription=_description(parameter.field),
+                    parameterTypeRef=parameter.type_name,
+                    shortDescription=parameter.description,
                 )
             _sub(entries, "ParameterRefEntry", parameterRef=parameter.name)
         _sub(entries, "ParameterRefEntry", parameterRef=CRC_PARAMETER)
@@ -163,23 +170,35 @@ def _parameter_names(dictionary: VehicleDictionary) -> Mapping[tuple[int, str], 
 def _packet_parameters(
     packet: PacketDef, names: Mapping[tuple[int, str], str]
 ) -> Iterator[_Parameter]:
-    """The body's parameters in wire order; sample records unrolled as `ax_0` … `gz_9`."""
+    """The body's parameters in wire order; sample records unrolled as `ax_0` … `gz_9`.
+
+    The samples of one field share its type; each says when it was sampled.
+    """
     fields = sorted(packet.fields, key=lambda f: f.offset)
     for sample in range(packet.samples):
         for field in fields:
-            name = names[(packet.apid, field.name)]
+            base = names[(packet.apid, field.name)]
+            description = _description(field)
+            name = base
             if packet.samples > 1:
-                name = f"{name}_{sample}"
-            yield _Parameter(name=name, field=field, packet=packet)
+                name = f"{base}_{sample}"
+                offset_s = sample * (packet.sample_interval_s or 0.0)
+                when = f"sample {sample}, at packet time + {offset_s:g} s"
+                description = when if description is None else f"{description}; {when}"
+            yield _Parameter(
+                name=name,
+                type_name=f"{base}_Type",
+                description=description,
+                field=field,
+                packet=packet,
+            )
 
 
-def _description(field: FieldDef) -> str:
-    """What a reader of the table needs beyond the type: flag bits, the unit's meaning."""
+def _description(field: FieldDef) -> str | None:
+    """What a reader needs beyond the type: the flag bits, the TOML's own description."""
     if field.bits is not None:
         return "flag byte: " + ", ".join(f"bit{bit} {name}" for bit, name in field.bits.items())
-    if field.description is not None:
-        return field.description
-    return field.name
+    return field.description
 
 
 def _integer_encoding(parent: ET.Element, *, bits: int, signed: bool) -> ET.Element:
@@ -257,7 +276,7 @@ def _crc_type(types: ET.Element) -> None:
 def _parameter_type(types: ET.Element, parameter: _Parameter) -> None:
     """The type of one body parameter: its encoding on the wire and its engineering form."""
     field = parameter.field
-    name = f"{parameter.name}_Type"
+    name = parameter.type_name
     description = _description(field)
     bits = 8 * field.size
     signed = field.type.startswith("i")
