@@ -308,21 +308,52 @@ BODIES: dict[int, Callable[[random.Random], bytes]] = {
 }
 
 
+def _crc_table() -> tuple[int, ...]:
+    """ICD section 3's CRC of each single byte from a zero register, for a byte-wise CRC."""
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return tuple(table)
+
+
+CRC_TABLE = _crc_table()
+
+
+def crc_bytewise(data: bytes) -> int:
+    """The same CRC a byte at a time (8x faster than crc_bitwise; checked against it)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC_TABLE[(crc >> 8) ^ byte]
+    return crc
+
+
+def test_bytewise_crc_is_the_icd_crc() -> None:
+    """The fast CRC used below equals the bit-by-bit transcription of ICD section 3."""
+    rng = random.Random(3)
+    for length in (0, 1, 2, 14, 217):
+        data = bytes(rng.getrandbits(8) for _ in range(length))
+        assert crc_bytewise(data) == crc_bitwise(data)
+    assert crc_bytewise(b"123456789") == 0x29B1  # the catalogue check value
+
+
 def hand_packed_packets(vehicle: str) -> list[bytes]:
     """2,000 packets per APID with random values in range; times rise, counts wrap."""
     rng = random.Random(f"xtce-{vehicle}")
     packets = []
     for apid in DICTIONARIES[vehicle].packets:
         for i in range(PACKETS_PER_APID):
-            packets.append(
-                hand_pack(
-                    apid,
-                    (i * 7) % 16384,
-                    BODIES[apid](rng),
-                    coarse=700_000_000 + i,
-                    fine=rng.randint(0, 0xFFFF),
-                )
-            )
+            unprotected = hand_pack(
+                apid,
+                (i * 7) % 16384,
+                BODIES[apid](rng),
+                coarse=700_000_000 + i,
+                fine=rng.randint(0, 0xFFFF),
+                crc=0,
+            )[:-2]
+            packets.append(unprotected + struct.pack(">H", crc_bytewise(unprotected)))
     return packets
 
 
@@ -367,7 +398,7 @@ def compare(packet: PacketDef, data: bytes, record: dict[str, Any], parsed: Any)
     coarse, fine = struct.unpack_from(">IH", data, 6)
     assert (parsed["sclk_coarse"], float(parsed["sclk_fine"])) == (coarse, fine / 65536), where
     assert (SCLK_EPOCH + parsed["sclk_coarse"]) + float(parsed["sclk_fine"]) == record["time"]
-    assert parsed["crc"] == crc_bitwise(data[:-2]), where
+    assert parsed["crc"] == crc_bytewise(data[:-2]), where
     for field in packet.fields:
         ours = record["fields"][field.name]
         if packet.samples > 1:
