@@ -65,11 +65,12 @@ def _packet_markdown(packet: PacketDef) -> list[str]:
     lines = [f"**APID {packet.apid} `{packet.name}`** — {_packet_summary(packet)}", ""]
     if packet.samples > 1:
         record = packet.record_dtype.itemsize
+        first = packet.fields[0].name
         lines += [
-            f"{packet.samples} samples of {record} bytes, one after another; sample k "
-            f"(0–{packet.samples - 1}) is at packet time + k × {packet.sample_interval_s!r} s. "
-            f"Offsets are within one sample; each field decodes as {packet.samples} values "
-            f"(XTCE: `name_0` … `name_{packet.samples - 1}`).",
+            f"{packet.samples} samples of {record} bytes, one after another, sample k "
+            f"(0–{packet.samples - 1}) at packet time + k × {packet.sample_interval_s!r} s; "
+            f"offsets are within one sample, and each field decodes as {packet.samples} values "
+            f"(in XTCE `{first}_0` … `{first}_{packet.samples - 1}`).",
             "",
         ]
     lines += ["| off | name | type | calibration / unit |", "| --- | --- | --- | --- |"]
@@ -96,7 +97,7 @@ def _packet_summary(packet: PacketDef) -> str:
         size = f"body {packet.max_length - overhead} bytes, packet {packet.max_length} bytes"
     else:
         size = (
-            f"variable length, body {packet.min_length - overhead} to "
+            f"body {packet.min_length - overhead} to "
             f"{packet.max_length - overhead} bytes, packet {packet.min_length} to "
             f"{packet.max_length} bytes"
         )
