@@ -14,6 +14,7 @@ import math
 import random
 import shutil
 import struct
+import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 import xmlschema
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from space_packet_parser.xtce.definitions import XtcePacketDefinition
 
 from groundstation.cli import main
@@ -33,6 +36,7 @@ from groundstation.definitions import (
     PacketDef,
     load_dictionaries,
     load_dictionary,
+    parse_dictionary,
 )
 from groundstation.records import packet_records
 from groundstation.xtce import XTCE_NAMESPACE, export_xtce
@@ -559,3 +563,81 @@ def test_show_markdown_has_the_icd_tables(capsys: pytest.CaptureFixture[str]) ->
     rover = markdown_of("perseverance", capsys)
     assert rover.startswith("### Vehicle `perseverance`\n")
     assert "| 20 | drive_state | u8 | enum" in rover
+
+
+# --- any dictionary --------------------------------------------------------------------
+
+_STRUCT_CODES = {"u8": "B", "i8": "b", "u16": "H", "i16": "h", "u32": "I", "i32": "i"}
+_FLOAT_WORDS = {"f32": "I", "f64": "Q"}  # floats packed as raw words: any bit pattern
+_SIZES = {"u8": 1, "i8": 1, "u16": 2, "i16": 2, "u32": 4, "i32": 4, "f32": 4, "f64": 8}
+
+
+@st.composite
+def packet_documents(draw: st.DrawFn) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """A one-packet TOML document of any numeric layout, and one packet's raw values."""
+    fields: list[dict[str, Any]] = []
+    raws: list[tuple[str, int]] = []
+    offset = 0
+    for i in range(draw(st.integers(1, 8))):
+        type_name = draw(st.sampled_from(sorted(_SIZES)))
+        field: dict[str, Any] = {"name": f"f{i}", "offset": offset, "type": type_name}
+        size = _SIZES[type_name]
+        offset += size
+        if type_name in _FLOAT_WORDS:
+            raws.append((_FLOAT_WORDS[type_name], draw(st.integers(0, 2 ** (8 * size) - 1))))
+            fields.append(field)
+            continue
+        signed = type_name.startswith("i")
+        low, high = (
+            (-(2 ** (8 * size - 1)), 2 ** (8 * size - 1) - 1)
+            if signed
+            else (0, 2 ** (8 * size) - 1)
+        )
+        kind = draw(st.sampled_from(["plain", "scale", "enum", "bits"]))
+        raw = draw(st.integers(low, high))
+        if kind == "scale":
+            field["scale"] = draw(st.sampled_from([0.5, 0.001, -0.25, 1e-6, 3.0]))
+            field["unit"] = "V"
+        elif kind == "enum":
+            others = draw(st.sets(st.integers(low, high), max_size=3))
+            field["enum"] = {str(v): f"E{v}".replace("-", "M") for v in {raw, *others}}
+        elif kind == "bits":
+            field["bits"] = {
+                str(b): f"bit{b}"
+                for b in draw(st.sets(st.integers(0, 8 * size - 1), min_size=1, max_size=4))
+            }
+        raws.append((_STRUCT_CODES[type_name], raw))
+        fields.append(field)
+    document = {
+        "vehicle": "testcraft",
+        "packet": [
+            {
+                "apid": draw(st.integers(0, 0x7FF)),
+                "name": "PKT",
+                "length": 14 + offset,
+                "field": fields,
+            }
+        ],
+    }
+    return document, raws
+
+
+@settings(max_examples=25, deadline=None)
+@given(packet_documents())
+def test_any_numeric_dictionary_exports_valid_xtce_that_decodes_alike(
+    case: tuple[dict[str, Any], list[tuple[str, int]]],
+) -> None:
+    """For any layout of integer, calibrated, enum, flag and float fields: the export
+    validates, and space_packet_parser decodes a hand-packed packet as our decoder does."""
+    document, raws = case
+    dictionary = parse_dictionary(document, source="hypothesis")
+    exported = export_xtce(dictionary)
+    assert list(xtce_schema().iter_errors(exported)) == []
+    (packet_def,) = dictionary.packets.values()
+    body = struct.pack(">" + "".join(code for code, _ in raws), *(raw for _, raw in raws))
+    packet = hand_pack(packet_def.apid, 5, body)
+    record = next(packet_records(PacketDecoder(dictionary).decode([packet]), dictionary))
+    assert record["result"] == "ok"
+    with tempfile.TemporaryDirectory() as folder:
+        parsed = spp_definition(exported, Path(folder)).parse_bytes(packet)
+    compare(packet_def, packet, record, parsed)
