@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from groundstation.archive import (
     list_segments,
 )
 from groundstation.config import ArchiveConfig
-from tests.daemon_support import HK_PER_ENVELOPE, envelope, replay_summary
+from tests.daemon_support import HK_PER_ENVELOPE, envelope, publish, replay_summary
 from tests.reliability_support import REPO, DaemonProcess, running_daemon, total
 from tests.services import Mosquitto
 
@@ -26,6 +27,7 @@ pytestmark = [pytest.mark.integration]
 ENVELOPES = 900
 DAMAGED = 5
 RECORD_HEADER_BYTES = 16
+OK_PACKETS = 'gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'
 
 
 def test_second_daemon_on_one_archive_refuses_to_start(
@@ -36,7 +38,7 @@ def test_second_daemon_on_one_archive_refuses_to_start(
     1. daemon A starts on `archive/` and holds it;
     2. daemon B (another client id, another metrics port, the same directory) exits 2 with
        one line naming the directory and A's pid, and leaves no segment behind;
-    3. `groundstation replay` (read-only) still reads the archive while A runs;
+    3. A archives 10 envelopes; `groundstation replay` (read-only) reads them while A runs;
     4. A is killed with SIGKILL: the kernel releases the lock, so B now starts.
     """
     first = DaemonProcess(workdir=tmp_path / "daemon", broker_port=mosquitto.port, client_id="a")
@@ -49,13 +51,20 @@ def test_second_daemon_on_one_archive_refuses_to_start(
         )
         assert refused.returncode == 2, refused.stderr.decode()
         assert time.monotonic() - started < 30
-        message = refused.stderr.decode().strip().splitlines()[-1]
-        assert message == (
+        assert refused.stderr.decode().strip().splitlines() == [
             f"groundstation run: archive directory {first.archive_dir} is in use by another"
             f" groundstation daemon (pid {first.pid}); refusing to start"
-        )
+        ]
         assert list_segments(first.archive_dir) == segments
-        assert replay_summary(first.archive_dir)["archive"]["segments"] == len(segments)
+        asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(10))))
+        first.wait_for(
+            lambda samples: total(samples, "gs_envelopes_total", result="ok") == 10,
+            timeout_s=30,
+            what="10 envelopes decoded",
+        )
+        summary = replay_summary(first.archive_dir)
+        assert summary["archive"]["records"] == 10
+        assert summary["counters"][OK_PACKETS] == 10 * HK_PER_ENVELOPE
         first.stop(kill=True)
     assert (first.archive_dir / LOCK_NAME).exists()  # left behind, and harmless
     with running_daemon(second):
@@ -100,5 +109,4 @@ def test_resume_scan_counts_damage_in_metrics_and_log(mosquitto: Mosquitto, tmp_
     summary = replay_summary(daemon.archive_dir)
     assert summary["archive"]["damaged_records"] == 1
     assert summary["archive"]["damaged_bytes"] == sizes[DAMAGED]
-    ok = 'gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'
-    assert summary["counters"][ok] == (ENVELOPES - 1) * HK_PER_ENVELOPE
+    assert summary["counters"][OK_PACKETS] == (ENVELOPES - 1) * HK_PER_ENVELOPE
