@@ -695,12 +695,12 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     # The parent owns (and unlinks) the memory; the child shares its resource tracker,
     # which keeps one entry per name, so attaching registers nothing new.
     slots = SharedMemory(name=slots_name)
+    reader = ArchiveReader(settings.archive_dir)  # its stats: what the resume scan skipped
     dictionaries = load_dictionaries()
     # Lazy: telemetry reads a few fields of a few rows (the newest second of IMU samples,
     # the newest packet of each APID), not every calibrated sample.
     decoders = {vehicle: PacketDecoder(d, calibrate="lazy") for vehicle, d in dictionaries.items()}
-    reader = ArchiveReader(settings.archive_dir)
-    envelopes = resume_sequences(
+    resumed = resume_sequences(
         decoders,
         reader,
         tail_bytes=settings.resume_tail_bytes,
@@ -710,7 +710,7 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     _child = _Child(
         pipeline=Pipeline(dictionaries, telemetry=Telemetry(dictionaries), decoders=decoders),
         resumed=ResumeScan(
-            envelopes=envelopes,
+            envelopes=resumed,
             damaged_records=reader.stats.damaged_records,
             damaged_bytes=reader.stats.damaged_bytes,
         ),
