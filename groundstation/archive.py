@@ -1,16 +1,25 @@
 """The raw archive: every payload received, append-only, in arrival order (ICD section 6).
 
 A directory of segment files `segment-NNNNNNNNNN.gsa`, rotated by size. Each starts with a
-magic line; then records, each `>II` (body length, CRC-32 of the body) followed by the body
-`>dBH` (receive time, flags, topic length), the topic (UTF-8) and the payload. Flag bit 0
-marks a valid envelope. A writer never appends to an existing segment, so after a kill -9
-a torn record can only be the last one of a segment; the reader detects it by length or
-CRC, skips the rest of that segment and counts it.
+magic line naming the format version; then records. A record (version 2) is a 16-byte
+header `>4sIII` (record magic, body length, CRC-32 of the body, CRC-32 of the header's
+first 12 bytes) followed by the body `>dBH` (receive time, flags, topic length), the topic
+(UTF-8) and the payload. Flag bit 0 marks a valid envelope.
+
+The header can be checked on its own, so one damaged record does not hide the rest of its
+segment: where a header is intact but its body is not, the reader steps over the body by
+its length; where the header itself is damaged (or the segment's magic line is), it scans
+forward for the next intact header. Every stretch it could not read counts as one damaged
+record, with its bytes (`ReadStats`). A writer never appends to an existing segment, so a
+record torn by a kill -9 can only be the last one of a segment. Segments of version 1
+(an 8-byte `>II` prefix: body length, body CRC) are still read; there a damaged record
+ends what can be read of its segment, since nothing marks where the next one starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -27,12 +36,18 @@ from typing import BinaryIO, Final
 from isal.isal_zlib import crc32
 
 from groundstation.config import ArchiveConfig
+from groundstation.errors import ArchiveInUseError
 
 logger = logging.getLogger(__name__)
 
-MAGIC: Final = b"GSARCH1\n"
+MAGIC: Final = b"GSARCH2\n"
+MAGIC_V1: Final = b"GSARCH1\n"
 SEGMENT_PATTERN: Final = re.compile(r"segment-(\d{10})\.gsa")
-_PREFIX: Final = struct.Struct(">II")  # body length, CRC-32 of the body
+LOCK_NAME: Final = "groundstation.lock"
+RECORD_MAGIC: Final = b"\xa7GSR"
+_HEADER: Final = struct.Struct(">4sIII")  # record magic, body length, body CRC, header CRC
+_HEADER_CHECKED: Final = struct.Struct(">4sII")  # the part the header CRC covers
+_PREFIX_V1: Final = struct.Struct(">II")  # body length, CRC-32 of the body
 _BODY_HEADER: Final = struct.Struct(">dBH")  # receive time, flags, topic length
 FLAG_VALID: Final = 0x01
 # Framing sanity: a length beyond this is corruption, not a record (payloads are limited
@@ -68,8 +83,10 @@ def frame_record(record: ArchiveRecord) -> Frame:
     head = (
         _BODY_HEADER.pack(record.received_at, FLAG_VALID if record.valid else 0, len(topic)) + topic
     )
-    crc = crc32(record.payload, crc32(head))
-    return _PREFIX.pack(len(head) + len(record.payload), crc) + head, record.payload
+    checked = _HEADER_CHECKED.pack(
+        RECORD_MAGIC, len(head) + len(record.payload), crc32(record.payload, crc32(head))
+    )
+    return checked + crc32(checked).to_bytes(4, "big") + head, record.payload
 
 
 def segment_name(index: int) -> str:
@@ -86,6 +103,34 @@ def list_segments(directory: Path) -> list[Path]:
 
 def _segment_index(path: Path) -> int:
     return int(path.name.removeprefix("segment-").removesuffix(".gsa"))
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Hold the archive directory for this process, or raise ArchiveInUseError.
+
+    Two daemons on one directory would each start segments there and both ingest. The lock
+    is `flock` on `groundstation.lock` in the directory: the kernel releases it when the
+    holder exits, however it exits (kill -9 included), so it never goes stale. The file
+    stays; it holds the pid of the last holder, for the message. Readers (replay) take no
+    lock: segments are append-only and never reopened.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", errors="replace").strip()
+            raise ArchiveInUseError(
+                f"archive directory {directory} is in use by another groundstation daemon"
+                f" (pid {holder or 'unknown'}); refusing to start"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 class ArchiveWriter:
@@ -246,13 +291,17 @@ def _fsync_directory(directory: Path) -> None:
 
 @dataclass
 class ReadStats:
-    """What the reader found besides good records: torn or corrupt tails, bad segments."""
+    """What the reader found besides good records: damaged stretches, foreign segments."""
 
     records: int = 0
     segments: int = 0
-    torn_records: int = 0  # a short or CRC-failing record; the rest of its segment skipped
-    skipped_bytes: int = 0
-    bad_segments: int = 0  # no magic: not ours, or a truncated header
+    # Each stretch of a segment that could not be read counts once: a record whose header
+    # is intact but whose body is not, or the bytes from a damaged header to the next
+    # intact one (at least one record, maybe more whose headers were damaged too). A record
+    # torn by a crash, the last of its segment, counts here too.
+    damaged_records: int = 0
+    damaged_bytes: int = 0  # in damaged records and in segments without any record
+    bad_segments: int = 0  # not an archive segment: no magic line and no intact record
 
 
 class ArchiveReader:
@@ -273,53 +322,153 @@ class ArchiveReader:
     def _read_segment(self, path: Path) -> Iterator[ArchiveRecord]:
         data = path.read_bytes()
         self.stats.segments += 1
-        if not data.startswith(MAGIC):
+        damage = _Damage()
+        if data.startswith(MAGIC_V1):
+            records = _read_v1(data, damage)
+        else:
+            # A damaged magic line hides nothing either: the records after it are found by
+            # their headers. A file with none of them is not a segment of ours.
+            start = len(MAGIC) if data.startswith(MAGIC) else 0
+            records = _read_v2(data, start, damage)
+        found = 0
+        for record in records:
+            found += 1
+            yield record
+        self.stats.records += found
+        if found == 0 and not data.startswith((MAGIC, MAGIC_V1)):
             self.stats.bad_segments += 1
-            self.stats.skipped_bytes += len(data)
+            self.stats.damaged_bytes += len(data)
             logger.warning("archive segment without magic skipped", extra={"path": str(path)})
             return
-        view = memoryview(data)
-        offset = len(MAGIC)
-        while offset < len(data):
-            record, size = _decode_at(view, offset)
-            if record is None:
-                self.stats.torn_records += 1
-                self.stats.skipped_bytes += len(data) - offset
-                logger.warning(
-                    "archive record torn or corrupt; rest of segment skipped",
-                    extra={"path": str(path), "offset": offset, "bytes": len(data) - offset},
-                )
-                return
-            self.stats.records += 1
-            offset += size
+        if damage.records or damage.bytes:
+            self.stats.damaged_records += damage.records
+            self.stats.damaged_bytes += damage.bytes
+            logger.warning(
+                "archive segment %s damaged: %d records (%d bytes) skipped, first at byte %d",
+                path,
+                damage.records,
+                damage.bytes,
+                damage.first_offset,
+                extra={"path": str(path)},
+            )
+
+
+@dataclass
+class _Damage:
+    """What one segment's reading skipped."""
+
+    records: int = 0
+    bytes: int = 0
+    first_offset: int = -1
+
+    def add(self, start: int, end: int, *, records: int = 1) -> None:
+        if self.first_offset < 0:
+            self.first_offset = start
+        self.records += records
+        self.bytes += end - start
+
+
+def _read_v2(data: bytes, start: int, damage: _Damage) -> Iterator[ArchiveRecord]:
+    """Records from `start`, resynchronising on the next intact header after damage."""
+    view = memoryview(data)
+    end = len(data)
+    offset = start
+    if start == 0:
+        # The magic line is damaged: what precedes the first intact header is lost, and
+        # holds a record too if it is longer than the magic line.
+        offset = _next_header(data, view, 0)
+        damage.add(0, offset, records=1 if offset > len(MAGIC) else 0)
+    while offset < end:
+        length = _header_length(view, offset)
+        if length is None:
+            resumed = _next_header(data, view, offset + 1)
+            damage.add(offset, resumed)
+            offset = resumed
+            continue
+        body_end = offset + _HEADER.size + length
+        record = _decode_body(view, offset, length) if body_end <= end else None
+        if record is None:
+            # The header is intact, so its length can be trusted, unless the record was
+            # cut short or what follows is not a header (then search from here).
+            if body_end > end or (body_end < end and _header_length(view, body_end) is None):
+                body_end = _next_header(data, view, offset + 1)
+            damage.add(offset, body_end)
+        else:
             yield record
+        offset = body_end
 
 
-def _decode_at(view: memoryview, offset: int) -> tuple[ArchiveRecord | None, int]:
-    end = len(view)
-    if end - offset < _PREFIX.size:
+def _header_length(view: memoryview, offset: int) -> int | None:
+    """The body length of an intact record header at `offset`, else None."""
+    if len(view) - offset < _HEADER.size:
+        return None
+    magic, length, _, header_crc = _HEADER.unpack_from(view, offset)
+    if magic != RECORD_MAGIC or crc32(view[offset : offset + _HEADER_CHECKED.size]) != header_crc:
+        return None
+    if length < _BODY_HEADER.size or length > MAX_RECORD_BYTES:
+        return None
+    return int(length)
+
+
+def _next_header(data: bytes, view: memoryview, offset: int) -> int:
+    """Where the next intact header at or after `offset` starts, or the end of the data."""
+    while (found := data.find(RECORD_MAGIC, offset)) >= 0:
+        if _header_length(view, found) is not None:
+            return found
+        offset = found + 1
+    return len(data)
+
+
+def _decode_body(view: memoryview, offset: int, length: int) -> ArchiveRecord | None:
+    """The record whose intact header is at `offset`, or None if its body fails its CRC."""
+    start = offset + _HEADER.size
+    body = view[start : start + length]
+    if crc32(body) != _HEADER.unpack_from(view, offset)[2]:
+        return None
+    return _record_of(body)
+
+
+def _read_v1(data: bytes, damage: _Damage) -> Iterator[ArchiveRecord]:
+    """A version-1 segment: a damaged record ends what can be read of it."""
+    view = memoryview(data)
+    offset = len(MAGIC_V1)
+    while offset < len(data):
+        record, size = _decode_v1_at(view, offset)
+        if record is None:
+            damage.add(offset, len(data))
+            return
+        offset += size
+        yield record
+
+
+def _decode_v1_at(view: memoryview, offset: int) -> tuple[ArchiveRecord | None, int]:
+    if len(view) - offset < _PREFIX_V1.size:
         return None, 0
-    body_length, crc = _PREFIX.unpack_from(view, offset)
-    start = offset + _PREFIX.size
-    if body_length < _BODY_HEADER.size or body_length > MAX_RECORD_BYTES:
+    body_length, crc = _PREFIX_V1.unpack_from(view, offset)
+    start = offset + _PREFIX_V1.size
+    if not _BODY_HEADER.size <= body_length <= MAX_RECORD_BYTES:
         return None, 0
-    if start + body_length > end:
+    if start + body_length > len(view):
         return None, 0
     body = view[start : start + body_length]
     if crc32(body) != crc:
         return None, 0
+    return _record_of(body), _PREFIX_V1.size + body_length
+
+
+def _record_of(body: memoryview) -> ArchiveRecord | None:
+    """A record from a body whose CRC matched; None if its topic length runs past it."""
     received_at, flags, topic_length = _BODY_HEADER.unpack_from(body, 0)
     topic_end = _BODY_HEADER.size + topic_length
-    if topic_end > body_length:
-        return None, 0
+    if topic_end > len(body):
+        return None
     topic = bytes(body[_BODY_HEADER.size : topic_end]).decode("utf-8", errors="surrogateescape")
-    record = ArchiveRecord(
+    return ArchiveRecord(
         topic=topic,
         received_at=received_at,
         payload=bytes(body[topic_end:]),
         valid=bool(flags & FLAG_VALID),
     )
-    return record, _PREFIX.size + body_length
 
 
 def _newest_segments(segments: list[Path], tail_bytes: int) -> list[Path]:

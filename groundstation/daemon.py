@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 
-from groundstation.archive import ArchiveWriter
+from groundstation.archive import ArchiveWriter, directory_lock
 from groundstation.broker import embedded_broker
 from groundstation.config import Config
 from groundstation.definitions import load_dictionaries
@@ -34,6 +34,7 @@ from groundstation.pipeline import (
     DecodeWorker,
     IngestQueue,
     PipelineProcess,
+    ResumeScan,
 )
 from groundstation.telemetry import Telemetry
 
@@ -96,6 +97,7 @@ class Daemon:
             batch_max_bytes=config.ingest.batch_max_bytes,
         )
         self.subscriber: Subscriber[list[Arrival]] | None = None
+        self.resume_scan = ResumeScan(envelopes=0, damaged_records=0, damaged_bytes=0)
         self.drain_outcome: DrainOutcome | None = None
 
     def status(self) -> PipelineStatus:
@@ -104,6 +106,8 @@ class Daemon:
             mqtt_connected=bool(subscriber and subscriber.connected),
             reconnects_total=subscriber.reconnects_total if subscriber else 0,
             queue_depth=self._queue.depth,
+            archive_damaged_records=self.resume_scan.damaged_records,
+            archive_damaged_bytes=self.resume_scan.damaged_bytes,
         )
 
     def health(self) -> Health:
@@ -117,11 +121,22 @@ class Daemon:
         """Run until `shutdown` is set; returns after the archive is closed."""
         config = self.config
         async with AsyncExitStack() as stack:
+            # First: a second daemon on this directory stops here, before it reads or writes.
+            stack.enter_context(directory_lock(config.archive.directory))
             # Before the archive writer starts a new segment: the child reads the tail.
             stack.callback(self.pipeline.close)
-            resumed = await self.pipeline.start()
-            if resumed:
-                logger.info("sequence accounting resumed from %d archived envelopes", resumed)
+            self.resume_scan = resumed = await self.pipeline.start()
+            if resumed.damaged_records or resumed.damaged_bytes:
+                logger.warning(
+                    "resume scan of %s skipped %d damaged archive records (%d bytes)",
+                    config.archive.directory,
+                    resumed.damaged_records,
+                    resumed.damaged_bytes,
+                )
+            if resumed.envelopes:
+                logger.info(
+                    "sequence accounting resumed from %d archived envelopes", resumed.envelopes
+                )
             writer = ArchiveWriter(config.archive)
             await asyncio.to_thread(writer.open)
             stack.push_async_callback(asyncio.to_thread, writer.close)

@@ -17,3 +17,7 @@ class DefinitionError(GroundstationError):
 
 class UnknownVehicleError(GroundstationError):
     """A vehicle name that has no packet dictionary."""
+
+
+class ArchiveInUseError(GroundstationError):
+    """Another daemon holds the archive directory: two writers would interleave segments."""

@@ -30,6 +30,8 @@ from groundstation.telemetry import (
 )
 
 __all__ = [
+    "ARCHIVE_DAMAGED_BYTES",
+    "ARCHIVE_DAMAGED_RECORDS",
     "INGEST_QUEUE_DEPTH",
     "MQTT_CONNECTED",
     "MQTT_RECONNECTS",
@@ -56,7 +58,27 @@ INGEST_QUEUE_DEPTH: Final = FamilySpec(
     labels=(),
     help="Envelopes received and waiting for the decode pipeline.",
 )
-PIPELINE_FAMILIES: Final = (MQTT_CONNECTED, MQTT_RECONNECTS, INGEST_QUEUE_DEPTH)
+# Counted by the start-up resume scan of the archive's tail (ingest.resume_scan_bytes):
+# damage there is found only when the daemon starts; `groundstation replay` reads it all.
+ARCHIVE_DAMAGED_RECORDS: Final = FamilySpec(
+    name="gs_archive_damaged_records_total",
+    kind="counter",
+    labels=(),
+    help="Damaged archive records the start-up resume scan skipped (each unreadable stretch once).",
+)
+ARCHIVE_DAMAGED_BYTES: Final = FamilySpec(
+    name="gs_archive_damaged_bytes_total",
+    kind="counter",
+    labels=(),
+    help="Bytes of damaged archive records the start-up resume scan skipped.",
+)
+PIPELINE_FAMILIES: Final = (
+    MQTT_CONNECTED,
+    MQTT_RECONNECTS,
+    INGEST_QUEUE_DEPTH,
+    ARCHIVE_DAMAGED_RECORDS,
+    ARCHIVE_DAMAGED_BYTES,
+)
 
 # The `le` spelling Prometheus itself uses ("+Inf", "0.001"); prometheus_client leaves it
 # untyped.
@@ -70,6 +92,8 @@ class PipelineStatus:
     mqtt_connected: bool
     reconnects_total: int
     queue_depth: int
+    archive_damaged_records: int = 0  # found by the start-up resume scan
+    archive_damaged_bytes: int = 0
 
 
 class TelemetryCollector(Collector):
@@ -95,6 +119,11 @@ class TelemetryCollector(Collector):
         yield _value_family(FamilySamples(MQTT_CONNECTED, (((), float(status.mqtt_connected)),)))
         yield _value_family(FamilySamples(MQTT_RECONNECTS, (((), float(status.reconnects_total)),)))
         yield _value_family(FamilySamples(INGEST_QUEUE_DEPTH, (((), float(status.queue_depth)),)))
+        for spec, value in (
+            (ARCHIVE_DAMAGED_RECORDS, status.archive_damaged_records),
+            (ARCHIVE_DAMAGED_BYTES, status.archive_damaged_bytes),
+        ):
+            yield _value_family(FamilySamples(spec, (((), float(value)),)))
 
     def describe(self) -> Iterator[Metric]:
         """The family names without samples, so registering never calls the sources."""

@@ -650,8 +650,8 @@ class PipelineProcess:
             for vehicle, dictionary in load_dictionaries().items()
         }
 
-    async def start(self) -> int:
-        """Spawn the child and resume its sequence accounting; returns envelopes resumed."""
+    async def start(self) -> ResumeScan:
+        """Spawn the child and resume its sequence accounting; returns what the scan read."""
         self._slots = PacketSlots(lanes=self._lanes, slot_bytes=self._settings.slot_bytes)
         # spawn, not fork: the parent has threads (HTTP server, executor) by now.
         self._pool = ProcessPoolExecutor(
@@ -697,11 +697,20 @@ class _ChildSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeScan:
+    """What the start-up resume scan read: envelopes fed to the decoders, damage skipped."""
+
+    envelopes: int
+    damaged_records: int
+    damaged_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Child:
     """The child's state between calls: one per decoding process."""
 
     pipeline: Pipeline
-    resumed_envelopes: int
+    resumed: ResumeScan
     slots: SharedMemory
     slot_bytes: int
 
@@ -723,6 +732,7 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     # The parent owns (and unlinks) the memory; the child shares its resource tracker,
     # which keeps one entry per name, so attaching registers nothing new.
     slots = SharedMemory(name=slots_name)
+    reader = ArchiveReader(settings.archive_dir)  # its stats: what the resume scan skipped
     dictionaries = load_dictionaries()
     # Lazy: telemetry reads a few fields of a few rows (the newest second of IMU samples,
     # the newest packet of each APID), not every calibrated sample.
@@ -732,7 +742,7 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     }
     resumed = resume_sequences(
         decoders,
-        ArchiveReader(settings.archive_dir),
+        reader,
         tail_bytes=settings.resume_tail_bytes,
         max_payload_bytes=settings.max_payload_bytes,
         batch_size=settings.batch_size,
@@ -740,7 +750,11 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     )
     _child = _Child(
         pipeline=Pipeline(dictionaries, telemetry=Telemetry(dictionaries), decoders=decoders),
-        resumed_envelopes=resumed,
+        resumed=ResumeScan(
+            envelopes=resumed,
+            damaged_records=reader.stats.damaged_records,
+            damaged_bytes=reader.stats.damaged_bytes,
+        ),
         slots=slots,
         slot_bytes=settings.slot_bytes,
     )
@@ -752,8 +766,8 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _child_resumed() -> int:
-    return _started_child().resumed_envelopes
+def _child_resumed() -> ResumeScan:
+    return _started_child().resumed
 
 
 def _child_process(shipment: Shipment) -> TelemetrySnapshot:

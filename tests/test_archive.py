@@ -1,4 +1,7 @@
-"""Raw archive: records come back in order, rotation by size, torn tails detected and counted."""
+"""Raw archive: records come back in order, rotation by size, torn tails detected and counted.
+
+Damage in the middle of a segment, and resynchronisation: tests/test_archive_damage.py.
+"""
 
 from __future__ import annotations
 
@@ -42,15 +45,47 @@ def test_records_round_trip_in_order(tmp_path: Path) -> None:
     reader = ArchiveReader(tmp_path)
     assert list(reader.records()) == written
     assert reader.stats.records == 50
-    assert reader.stats.torn_records == 0
+    assert reader.stats.damaged_records == 0
 
 
 def test_record_layout_matches_the_documented_format() -> None:
     """An independent packing of the layout in the module docstring decodes the same."""
     topic, payload = b"mars/tm/ingenuity", b"\x81\xa1v\x01"
     body = struct.pack(">dBH", 1.5, 1, len(topic)) + topic + payload
-    expected = struct.pack(">II", len(body), zlib.crc32(body)) + body
+    checked = b"\xa7GSR" + struct.pack(">II", len(body), zlib.crc32(body))
+    expected = checked + struct.pack(">I", zlib.crc32(checked)) + body
     assert encode_record(ArchiveRecord("mars/tm/ingenuity", 1.5, payload, valid=True)) == expected
+
+
+def test_segment_starts_with_the_version_2_magic(tmp_path: Path) -> None:
+    with ArchiveWriter(ArchiveConfig(directory=tmp_path)) as writer:
+        writer.append([record(0)])
+    (segment,) = list_segments(tmp_path)
+    assert segment.read_bytes() == b"GSARCH2\n" + encode_record(record(0))
+
+
+def test_version_1_segments_are_still_read(tmp_path: Path) -> None:
+    """An archive written before the record header existed: its records read, in order,
+    alongside version-2 segments; a damaged record ends what can be read of its segment."""
+
+    def v1_record(item: ArchiveRecord) -> bytes:
+        topic = item.topic.encode()
+        body = struct.pack(">dBH", item.received_at, int(item.valid), len(topic))
+        body += topic + item.payload
+        return struct.pack(">II", len(body), zlib.crc32(body)) + body
+
+    old = [record(i) for i in range(4)]
+    encoded = [v1_record(item) for item in old]
+    (tmp_path / "segment-0000000001.gsa").write_bytes(b"GSARCH1\n" + b"".join(encoded))
+    damaged = bytearray(b"GSARCH1\n" + b"".join(encoded))
+    damaged[8 + len(encoded[0]) + 20] ^= 0x01  # inside the second record's body
+    (tmp_path / "segment-0000000002.gsa").write_bytes(bytes(damaged))
+    with ArchiveWriter(ArchiveConfig(directory=tmp_path)) as writer:
+        writer.append([record(9)])
+    reader = ArchiveReader(tmp_path)
+    assert list(reader.records()) == [*old, old[0], record(9)]
+    assert reader.stats.damaged_records == 1
+    assert reader.stats.damaged_bytes == sum(len(e) for e in encoded[1:])
 
 
 def cached_bytes(path: Path) -> int:
@@ -120,21 +155,22 @@ def test_torn_last_record_is_skipped_and_counted(tmp_path: Path) -> None:
         writer.append([record(3)])
     reader = ArchiveReader(tmp_path)
     assert list(reader.records()) == [record(0), record(1), record(3)]
-    assert reader.stats.torn_records == 1
-    assert reader.stats.skipped_bytes == len(encode_record(record(2))) - 30
+    assert reader.stats.damaged_records == 1
+    assert reader.stats.damaged_bytes == len(encode_record(record(2))) - 30
 
 
-def test_corrupt_record_stops_its_segment_only(tmp_path: Path) -> None:
+def test_corrupt_record_body_skips_that_record_only(tmp_path: Path) -> None:
     config = ArchiveConfig(directory=tmp_path)
     with ArchiveWriter(config) as writer:
         writer.append([record(0), record(1)])
     (segment,) = list_segments(tmp_path)
     data = bytearray(segment.read_bytes())
-    data[len(MAGIC) + 20] ^= 0xFF  # inside the first record's body: CRC fails
+    data[len(MAGIC) + 20] ^= 0xFF  # inside the first record's body: its CRC fails
     segment.write_bytes(bytes(data))
     reader = ArchiveReader(tmp_path)
-    assert list(reader.records()) == []
-    assert reader.stats.torn_records == 1
+    assert list(reader.records()) == [record(1)]
+    assert reader.stats.damaged_records == 1
+    assert reader.stats.damaged_bytes == len(encode_record(record(0)))
 
 
 def test_foreign_file_without_magic_is_skipped(tmp_path: Path) -> None:
@@ -143,6 +179,8 @@ def test_foreign_file_without_magic_is_skipped(tmp_path: Path) -> None:
     reader = ArchiveReader(tmp_path)
     assert list(reader.records()) == []
     assert reader.stats.bad_segments == 1
+    assert reader.stats.damaged_bytes == len(b"not an archive")
+    assert reader.stats.damaged_records == 0
 
 
 def test_tail_reads_only_the_newest_segments(tmp_path: Path) -> None:
@@ -227,6 +265,6 @@ def test_short_writes_are_resumed_where_they_stopped(
     assert len(calls) > len(written)  # the writes really were short
     reader = ArchiveReader(tmp_path)
     assert list(reader.records()) == written
-    assert reader.stats.torn_records == 0
+    assert reader.stats.damaged_records == 0
     segment = list_segments(tmp_path)[0].read_bytes()
     assert segment == MAGIC + b"".join(encode_record(r) for r in written)

@@ -94,9 +94,17 @@ EXTRA_FAMILIES = frozenset(
         "gs_nav_valid",
         "gs_drive_state",
         "gs_relay_packets_relayed_total",
+        "gs_archive_damaged_records_total",
+        "gs_archive_damaged_bytes_total",
     }
 )
-CONNECTED = PipelineStatus(mqtt_connected=True, reconnects_total=3, queue_depth=17)
+CONNECTED = PipelineStatus(
+    mqtt_connected=True,
+    reconnects_total=3,
+    queue_depth=17,
+    archive_damaged_records=2,
+    archive_damaged_bytes=4321,
+)
 
 
 def exposition_name(metric: Metric) -> str:
@@ -193,11 +201,14 @@ def test_only_documented_extras_beyond_the_icd(snapshot: TelemetrySnapshot) -> N
 
 
 def test_pipeline_status_is_read_at_scrape_time(snapshot: TelemetrySnapshot) -> None:
-    """Connected, 3 reconnects, 17 queued; then a disconnected status reads 0."""
+    """Connected, 3 reconnects, 17 queued, 2 damaged archive records; then a disconnected
+    status reads 0."""
     registry = registry_of(snapshot)
     assert registry.get_sample_value("gs_mqtt_connected") == 1.0
     assert registry.get_sample_value("gs_mqtt_reconnects_total") == 3.0
     assert registry.get_sample_value("gs_ingest_queue_depth") == 17.0
+    assert registry.get_sample_value("gs_archive_damaged_records_total") == 2.0
+    assert registry.get_sample_value("gs_archive_damaged_bytes_total") == 4321.0
     down = PipelineStatus(mqtt_connected=False, reconnects_total=4, queue_depth=0)
     assert registry_of(snapshot, down).get_sample_value("gs_mqtt_connected") == 0.0
 

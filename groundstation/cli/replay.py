@@ -97,8 +97,8 @@ def replay(
         "archive": {
             "segments": stats.segments,
             "records": stats.records,
-            "torn_records": stats.torn_records,
-            "skipped_bytes": stats.skipped_bytes,
+            "damaged_records": stats.damaged_records,
+            "damaged_bytes": stats.damaged_bytes,
             "bad_segments": stats.bad_segments,
         },
         "counters": counter_samples(pipeline.telemetry.snapshot()),
