@@ -113,6 +113,10 @@ class SampleBatch:
         )
         self.series.setdefault(key, []).append((milliseconds(time_s), value))
 
+    def merge(self, other: SampleBatch) -> None:
+        for key, samples in other.series.items():
+            self.series.setdefault(key, []).extend(samples)
+
     def __len__(self) -> int:
         return sum(len(samples) for samples in self.series.values())
 
