@@ -106,12 +106,13 @@ async def scrape(address: tuple[str, int] | None) -> dict[str, float]:
 
 
 def counters(samples: dict[str, float]) -> dict[str, float]:
-    """The telemetry counters, which replay reproduces (gs_mqtt_* is about the live link)."""
+    """The telemetry counters, which replay reproduces (gs_mqtt_* is about the live link,
+    gs_history_* about the history writer)."""
     return {
         key: value
         for key, value in samples.items()
         if key.startswith("gs_")
-        and not key.startswith("gs_mqtt_")
+        and not key.startswith(("gs_mqtt_", "gs_history_"))
         and key.split("{")[0].endswith("_total")
     }
 

@@ -8,6 +8,7 @@ give, per series, the samples ICD section 7 defines.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import threading
 import time
@@ -21,12 +22,16 @@ import pytest
 
 from groundstation.archive import ArchiveRecord, ArchiveWriter
 from groundstation.config import ArchiveConfig, HistoryConfig
+from groundstation.daemon import running_daemon
 from groundstation.decoder import PacketDecoder
 from groundstation.definitions import load_dictionaries
 from groundstation.history.remote_write import Series, compress, encode_write_request
 from groundstation.history.writer import POSITION_FILE, HistoryWriter, Verdict, post
 from simulators.output import packets_file, read_envelopes
 from simulators.run import SimulationOptions, simulate
+from tests.daemon_support import daemon_config, processed, scrape
+from tests.services import Mosquitto
+from tests.test_daemon_flight import envelopes_published, simulator_options
 from tests.test_prometheus_live import PrometheusServer
 
 pytestmark = [pytest.mark.integration]
@@ -292,3 +297,45 @@ def test_samples_older_than_the_window_are_left_for_backfill(tmp_path: Path) -> 
         assert stored(server, flight) == samples
     finally:
         server.stop()
+
+
+@pytest.mark.asyncio
+async def test_daemon_writes_the_history_of_a_stored_flight(
+    mosquitto: Mosquitto, tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """The daemon with --history-url: flight 3 sent store-and-forward through Mosquitto
+    (flown 2 h before it is sent); the writer, one more task of the daemon, puts the whole
+    flight into Prometheus at its own time, and /metrics reports it caught up."""
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config,
+        history=HistoryConfig(url=f"{prometheus.url}/api/v1/write", poll_interval_s=0.2),
+    )
+    start = time.time() - 2 * HOUR_S
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+        options = dataclasses.replace(
+            simulator_options(mosquitto, store_and_forward=True), start_time=start
+        )
+        report = (await simulate(options)).document
+        await processed(daemon, envelopes_published(report))
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = await scrape(daemon.metrics_address)
+            written = metrics.get('gs_history_samples_total{result="ok"}', 0.0)
+            if written > 0 and metrics["gs_history_lag_seconds{}"] == 0.0:
+                break
+            assert time.monotonic() < deadline, metrics
+            await asyncio.sleep(0.2)
+        assert metrics["gs_history_up{}"] == 1.0
+        assert metrics['gs_history_samples_total{result="backfill"}'] == 0.0
+    hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
+    nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
+    for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
+        answer = prometheus.api(
+            "query",
+            query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
+            time=f"{start + 1800:.3f}",
+        )
+        [item] = answer["data"]["result"]
+        assert int(item["value"][1]) == expected, name
