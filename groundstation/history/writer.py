@@ -389,6 +389,6 @@ class HistoryWriter:
                 delay,
             )
             # Equal jitter: half the delay fixed, half random, so writers do not retry in step.
-            if self._sleep(delay / 2 + self._random.uniform(0, delay / 2)):
+            if self.stop.is_set() or self._sleep(delay / 2 + self._random.uniform(0, delay / 2)):
                 return None
             delay = min(delay * 2, self.config.backoff_max_s)
