@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +32,7 @@ from groundstation.history.remote_write import Series, compress, encode_write_re
 from groundstation.history.writer import POSITION_FILE, HistoryWriter, Verdict, post
 from simulators.output import packets_file, read_envelopes
 from simulators.run import SimulationOptions, simulate
-from tests.daemon_support import daemon_config, processed, scrape
+from tests.daemon_support import REPO, daemon_config, processed, scrape
 from tests.services import Mosquitto
 from tests.test_daemon_flight import envelopes_published, simulator_options
 from tests.test_prometheus_live import PrometheusServer
@@ -339,3 +342,18 @@ async def test_daemon_writes_the_history_of_a_stored_flight(
         )
         [item] = answer["data"]["result"]
         assert int(item["value"][1]) == expected, name
+
+
+def test_replay_with_history_url_writes_the_archive(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """`groundstation replay ARCHIVE --history-url URL`: the archive's history, once."""
+    flight = fly(tmp_path, start_time=time.time() - 3 * HOUR_S, arrive_after_s=HOUR_S)
+    command = [sys.executable, "-m", "groundstation", "replay", str(flight.archive)]
+    command += ["--history-url", f"{prometheus.url}/api/v1/write"]
+    completed = subprocess.run(command, capture_output=True, check=False, cwd=REPO, timeout=120)
+    assert completed.returncode == 0, completed.stderr.decode()
+    summary = json.loads(completed.stdout)
+    assert summary["history"]["ok"] > 0
+    assert summary["history"]["backfill"] == summary["history"]["rejected"] == 0
+    assert counts(prometheus, flight) == flight.expected
