@@ -36,7 +36,7 @@ from groundstation.pipeline import (
     IngestQueue,
     PipelineProcess,
 )
-from groundstation.telemetry import Telemetry
+from groundstation.telemetry import LAST_RECEIVE_TIME, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +196,13 @@ class Daemon:
             )
             logger.info("drained in %.2f s", self.drain_outcome.seconds)
 
+    def _newest_received(self) -> float:
+        """Receive time of the newest valid envelope decoded live (gs_last_receive_time_seconds)."""
+        for family in self.worker.latest_snapshot.families:
+            if family.family is LAST_RECEIVE_TIME:
+                return max((value for _, value in family.samples), default=0.0)
+        return 0.0
+
     async def _write_history(self, history: HistoryWriter) -> None:
         try:
             await asyncio.to_thread(history.run)
@@ -216,7 +223,9 @@ class Daemon:
             TelemetryCollector(snapshot=lambda: self.worker.latest_snapshot, pipeline=self.status)
         )
         if self.history is not None:
-            self.registry.register(HistoryCollector(self.history.status))
+            self.registry.register(
+                HistoryCollector(self.history.status, newest_received=self._newest_received)
+            )
         ProcessCollector(registry=self.registry)
         app = _with_healthz(make_wsgi_app(self.registry), self.health)
         server: WSGIServer = make_server(

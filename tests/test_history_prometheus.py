@@ -357,3 +357,57 @@ def test_replay_with_history_url_writes_the_archive(
     assert summary["history"]["ok"] > 0
     assert summary["history"]["backfill"] == summary["history"]["rejected"] == 0
     assert counts(prometheus, flight) == flight.expected
+
+
+@pytest.mark.asyncio
+async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The daemon streams flight 3 while its Prometheus is not running: every envelope is
+    still decoded live, gs_history_up is 0 and the lag is the flight's arrival span; once
+    Prometheus starts, the writer catches up from its position with every sample."""
+    server = PrometheusServer(
+        workdir=tmp_path / "prometheus", extra_args=("--web.enable-remote-write-receiver",)
+    )
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config,
+        history=HistoryConfig(
+            url=f"{server.url}/api/v1/write",
+            poll_interval_s=0.2,
+            backoff_min_s=0.1,
+            backoff_max_s=0.5,
+        ),
+    )
+    start = time.time() - 2 * HOUR_S
+    try:
+        async with running_daemon(config) as daemon:
+            await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+            options = dataclasses.replace(
+                simulator_options(mosquitto, store_and_forward=True), start_time=start
+            )
+            report = (await simulate(options)).document
+            await processed(daemon, envelopes_published(report))  # ingest did not wait
+            await asyncio.sleep(0.5)
+            metrics = await scrape(daemon.metrics_address)
+            assert metrics["gs_history_up{}"] == 0.0
+            assert metrics["gs_history_lag_seconds{}"] > 0.0
+            assert metrics['gs_history_samples_total{result="ok"}'] == 0.0
+            await asyncio.to_thread(server.start, prometheus_config())
+            deadline = time.monotonic() + 30
+            while metrics["gs_history_lag_seconds{}"] > 0.0 or not metrics["gs_history_up{}"]:
+                assert time.monotonic() < deadline, metrics
+                await asyncio.sleep(0.2)
+                metrics = await scrape(daemon.metrics_address)
+        hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
+        nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
+        for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
+            answer = server.api(
+                "query",
+                query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
+                time=f"{start + 1800:.3f}",
+            )
+            [item] = answer["data"]["result"]
+            assert int(item["value"][1]) == expected, name
+    finally:
+        server.stop()

@@ -164,16 +164,22 @@ class HistoryStatus:
         with self._lock:
             self.samples[result] += samples
 
-    def lag_seconds(self) -> float:
+    def lag_seconds(self, *, newest_received: float = 0.0) -> float:
+        """`newest_received`: the receive time of the newest envelope the daemon archived,
+        which the writer has not read yet while it waits for its receiver."""
         with self._lock:
-            return max(0.0, self.newest_archived - self.newest_written)
+            newest = max(self.newest_archived, newest_received)
+            return max(0.0, newest - self.newest_written)
 
 
 class HistoryCollector(Collector):
     """gs_history_samples_total, gs_history_lag_seconds, gs_history_up (ICD section 5)."""
 
-    def __init__(self, status: HistoryStatus) -> None:
+    def __init__(
+        self, status: HistoryStatus, *, newest_received: Callable[[], float] = lambda: 0.0
+    ) -> None:
         self._status = status
+        self._newest_received = newest_received
 
     def collect(self) -> Iterator[Metric]:
         samples = CounterMetricFamily(
@@ -185,7 +191,7 @@ class HistoryCollector(Collector):
         yield GaugeMetricFamily(
             "gs_history_lag_seconds",
             "Receive time of the newest archived envelope minus that of the newest written.",
-            value=self._status.lag_seconds(),
+            value=self._status.lag_seconds(newest_received=self._newest_received()),
         )
         yield GaugeMetricFamily(
             "gs_history_up",
