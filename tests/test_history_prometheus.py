@@ -29,10 +29,27 @@ from groundstation.daemon import running_daemon
 from groundstation.decoder import PacketDecoder
 from groundstation.definitions import load_dictionaries
 from groundstation.history.remote_write import Series, compress, encode_write_request
-from groundstation.history.writer import POSITION_FILE, HistoryWriter, Verdict, post
+from groundstation.history.writer import (
+    POSITION_FILE,
+    HistoryWriter,
+    Verdict,
+    load_position,
+    post,
+)
 from simulators.output import packets_file, read_envelopes
 from simulators.run import SimulationOptions, simulate
-from tests.daemon_support import REPO, daemon_config, processed, scrape
+from tests.daemon_support import (
+    HK_PER_ENVELOPE,
+    REPO,
+    daemon_config,
+    envelope,
+    processed,
+    publish,
+    scrape,
+)
+from tests.icd_packets import time_of
+from tests.reliability_support import DaemonProcess, total
+from tests.reliability_support import running_daemon as running_process
 from tests.services import Mosquitto
 from tests.test_daemon_flight import envelopes_published, simulator_options
 from tests.test_prometheus_live import PrometheusServer
@@ -40,6 +57,7 @@ from tests.test_prometheus_live import PrometheusServer
 pytestmark = [pytest.mark.integration]
 
 HOUR_S = 3600.0
+HK_SAMPLES = 19  # per HELI_HK packet: 8 values, 6 modes, 5 faults
 FLIGHT3_S = 145  # packet time from the first to the last HK packet, plus one
 
 
@@ -409,5 +427,53 @@ async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
             )
             [item] = answer["data"]["result"]
             assert int(item["value"][1]) == expected, name
+    finally:
+        server.stop()
+
+
+def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """`groundstation run` with [history], 3,000 HK envelopes (9,000 packets) archived, the
+    process killed with -9 while the writer is part way; restarted, it resumes from its
+    position: every packet's samples are in Prometheus."""
+    server = prometheus_with_receiver(tmp_path / "prometheus", window="6h")
+    history = (
+        f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
+        "poll_interval_s = 0.2\n"
+    )
+    daemon = DaemonProcess(
+        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
+    )
+    envelopes = 3000
+    try:
+        with running_process(daemon):
+            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
+            deadline = time.monotonic() + 60
+            while (
+                written := total(daemon.scrape(), "gs_history_samples_total", result="ok")
+            ) < 20_000:
+                assert time.monotonic() < deadline, daemon.log_tail()
+                time.sleep(0.02)
+            daemon.stop(kill=True)
+        assert written < envelopes * HK_PER_ENVELOPE * HK_SAMPLES  # killed part way
+        position = load_position(daemon.archive_dir)
+        assert position is not None
+        with running_process(daemon):
+            deadline = time.monotonic() + 90
+            while True:
+                samples = daemon.scrape()
+                lag = total(samples, "gs_history_lag_seconds")
+                if lag == 0.0 and total(samples, "gs_history_samples_total", result="ok") > 0:
+                    break
+                assert time.monotonic() < deadline, daemon.log_tail()
+                time.sleep(0.1)
+            daemon.stop()
+        first = time_of(800_000_000, 0)
+        answer = server.api(
+            "query",
+            query='count_over_time(gs_battery_voltage_volts{timeline="spacecraft"}[4h])',
+            time=f"{first + envelopes * HK_PER_ENVELOPE + 10:.3f}",
+        )
+        [item] = answer["data"]["result"]
+        assert int(item["value"][1]) == envelopes * HK_PER_ENVELOPE
     finally:
         server.stop()
