@@ -184,3 +184,28 @@ def test_history_config_table(tmp_path: Path) -> None:
     path.write_text('[history]\nurl = "ftp://x/"\n')
     with pytest.raises(ConfigError, match="http or https"):
         load_config(path, env={})
+
+
+def test_a_duplicate_timestamp_rejects_that_sample_only(tmp_path: Path) -> None:
+    """The receiver refuses requests holding one sample (found by bisection): the rest go in."""
+    total_receiver = Receiver()
+    assert writer(archive(tmp_path / "a", 2), total_receiver, []).catch_up()
+    total = len(total_receiver.accepted)
+    bad = total_receiver.accepted[len(total_receiver.accepted) // 3]
+    duplicate = Verdict(status=400, body="duplicate sample for timestamp")
+
+    class Picky(Receiver):
+        def __call__(self, body: bytes) -> Verdict:
+            labelled = decode(bytes(cramjam.snappy.decompress_raw(body)))
+            present = {(str(labels), t, v) for labels, samples in labelled for t, v in samples}
+            if bad in present:
+                self.posts += 1
+                return duplicate
+            return super().__call__(body)
+
+    picky = Picky()
+    history = writer(archive(tmp_path / "b", 2), picky, [])
+    assert history.catch_up()
+    assert history.status.samples["rejected"] == 1
+    assert history.status.samples["ok"] == total - 1
+    assert sorted(picky.accepted) == sorted(s for s in total_receiver.accepted if s != bad)

@@ -60,7 +60,9 @@ USER_AGENT: Final = f"groundstation-history/{__version__}"
 # Prometheus refuses a sample outside its window with one of these, and rolls back the
 # whole request (2.42: "too old sample" as a 500, "out of bounds" as a 400).
 _WINDOW_ERRORS: Final = ("too old sample", "out of bounds", "out of order sample")
+_DUPLICATE_ERROR: Final = "duplicate sample for timestamp"
 Result = Literal["ok", "rejected", "backfill"]
+Answer = Literal["ok", "rejected", "window", "duplicate"]
 Sample = tuple[int, SeriesKey, float]  # ms timestamp, series, value
 
 
@@ -120,6 +122,11 @@ class Verdict:
         """Some sample lies outside the receiver's window: the request was rolled back."""
         text = self.body.lower()
         return self.status is not None and any(error in text for error in _WINDOW_ERRORS)
+
+    @property
+    def duplicate(self) -> bool:
+        """A sample with another value at a timestamp already stored: that sample only is bad."""
+        return self.status is not None and _DUPLICATE_ERROR in self.body.lower()
 
     @property
     def retry(self) -> bool:
@@ -322,12 +329,17 @@ class HistoryWriter:
 
     def _write(self, samples: SampleBatch) -> bool:
         """Send all samples in requests of at most batch_max_samples; False if stopped."""
+        # One sample per series and millisecond: a second one (two packets within the same
+        # ms) would make the receiver refuse the whole request as a duplicate timestamp.
+        unique: dict[tuple[SeriesKey, int], float] = {}
+        for key, points in samples.series.items():
+            for time_ms, value in points:
+                unique.setdefault((key, time_ms), value)
+        dropped = len(samples) - len(unique)
+        if dropped:
+            self.status.count("rejected", dropped)
         flat = sorted(
-            (
-                (time_ms, key, value)
-                for key, points in samples.series.items()
-                for time_ms, value in points
-            ),
+            ((time_ms, key, value) for (key, time_ms), value in unique.items()),
             key=lambda sample: sample[0],
         )
         limit = self.config.batch_max_samples
@@ -347,6 +359,15 @@ class HistoryWriter:
         answer = self._send_with_retries(flat)
         if answer is None:
             return None
+        if answer == "duplicate":
+            # Not a time bound: each half may hold such a sample; the single one is rejected.
+            if len(flat) == 1:
+                self.status.count("rejected", 1)
+                return 0
+            half = len(flat) // 2
+            first = self._deliver(flat[:half])
+            second = None if first is None else self._deliver(flat[half:])
+            return None if first is None or second is None else first + second
         if answer != "window":
             return 0
         if len(flat) == 1:
@@ -362,7 +383,7 @@ class HistoryWriter:
             return left + len(older)
         return self._deliver(older)
 
-    def _send_with_retries(self, flat: list[Sample]) -> Literal["ok", "rejected", "window"] | None:
+    def _send_with_retries(self, flat: list[Sample]) -> Answer | None:
         grouped: dict[SeriesKey, list[tuple[int, float]]] = {}
         for time_ms, key, value in flat:
             grouped.setdefault(key, []).append((time_ms, value))
@@ -377,6 +398,9 @@ class HistoryWriter:
             if verdict.outside_window:
                 self.status.up = True
                 return "window"
+            if verdict.duplicate:
+                self.status.up = True
+                return "duplicate"
             if not verdict.retry:
                 self.status.up = True
                 self.status.count("rejected", len(flat))
