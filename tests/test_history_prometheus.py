@@ -43,6 +43,7 @@ from tests.daemon_support import (
     REPO,
     daemon_config,
     envelope,
+    hk_packet,
     processed,
     publish,
     scrape,
@@ -467,7 +468,8 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
                 assert time.monotonic() < deadline, daemon.log_tail()
                 time.sleep(0.1)
             daemon.stop()
-        first = time_of(800_000_000, 0)
+        # ICD section 3: the SCLK coarse count is bytes 6-9 of the first packet.
+        first = time_of(int.from_bytes(hk_packet(0)[6:10], "big"), 0)
         answer = server.api(
             "query",
             query='count_over_time(gs_battery_voltage_volts{timeline="spacecraft"}[4h])',
