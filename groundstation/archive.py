@@ -319,6 +319,10 @@ class ArchiveReader:
         for path in segments:
             yield from self._read_segment(path)
 
+    def segment_records(self, path: Path) -> Iterator[ArchiveRecord]:
+        """The records of one segment (a path from `list_segments`), in order."""
+        return self._read_segment(path)
+
     def _read_segment(self, path: Path) -> Iterator[ArchiveRecord]:
         data = path.read_bytes()
         self.stats.segments += 1

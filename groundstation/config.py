@@ -110,6 +110,18 @@ class IngestConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HistoryConfig:
+    """The history writer (ICD section 7): off while `url` is None."""
+
+    url: str | None = None  # the receiver's remote-write endpoint, http:// or https://
+    timeout_s: float = 10.0  # one POST
+    batch_max_samples: int = 20_000  # samples per WriteRequest
+    backoff_min_s: float = 0.5  # first retry after a connection error or a 5xx
+    backoff_max_s: float = 30.0  # retries back off exponentially up to this, with jitter
+    poll_interval_s: float = 1.0  # how often a caught-up writer looks for new archive records
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Everything the daemon needs, in one immutable tree."""
 
@@ -117,6 +129,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +140,7 @@ class Overrides:
     metrics_addr: str | None = None
     archive_dir: Path | None = None
     client_id: str | None = None
+    history_url: str | None = None
 
 
 def parse_broker_url(url: str) -> BrokerConfig:
@@ -297,7 +311,7 @@ class _Table:
             raise ConfigError(f"unknown configuration key {self.name}.{key}")
 
 
-_SECTIONS: Final = ("broker", "archive", "metrics", "ingest")
+_SECTIONS: Final = ("broker", "archive", "metrics", "ingest", "history")
 
 
 def _from_document(
@@ -311,7 +325,8 @@ def _from_document(
     archive = _archive_from(_Table(document, "archive"), defaults.archive, base=base)
     metrics = _metrics_from(_Table(document, "metrics"), defaults.metrics)
     ingest = _ingest_from(_Table(document, "ingest"), defaults.ingest)
-    config = Config(broker=broker, archive=archive, metrics=metrics, ingest=ingest)
+    history = _history_from(_Table(document, "history"), defaults.history)
+    config = Config(broker=broker, archive=archive, metrics=metrics, ingest=ingest, history=history)
     return config, mqtt_version
 
 
@@ -405,6 +420,19 @@ def _ingest_from(table: _Table, default: IngestConfig) -> IngestConfig:
     return config
 
 
+def _history_from(table: _Table, default: HistoryConfig) -> HistoryConfig:
+    config = HistoryConfig(
+        url=table.optional_text("url", default.url),
+        timeout_s=table.seconds("timeout_s", default.timeout_s),
+        batch_max_samples=table.integer("batch_max_samples", default.batch_max_samples, minimum=1),
+        backoff_min_s=table.seconds("backoff_min_s", default.backoff_min_s),
+        backoff_max_s=table.seconds("backoff_max_s", default.backoff_max_s),
+        poll_interval_s=table.seconds("poll_interval_s", default.poll_interval_s),
+    )
+    table.done()
+    return config
+
+
 def _apply_environment(config: Config, env: Mapping[str, str]) -> Config:
     broker = config.broker
     return replace(
@@ -440,7 +468,10 @@ def _apply_overrides(config: Config, overrides: Overrides) -> Config:
     archive = config.archive
     if overrides.archive_dir is not None:
         archive = replace(archive, directory=overrides.archive_dir)
-    return replace(config, broker=broker, metrics=metrics, archive=archive)
+    history = config.history
+    if overrides.history_url is not None:
+        history = replace(history, url=overrides.history_url or None)
+    return replace(config, broker=broker, metrics=metrics, archive=archive, history=history)
 
 
 def _with_mqtt_version(config: Config, requested: MqttVersion | None) -> Config:
@@ -472,5 +503,10 @@ def _check(config: Config) -> None:
         raise ConfigError("broker.tls: the embedded broker is plain MQTT on loopback; set host")
     if not config.metrics.host:
         raise ConfigError("metrics.host: empty")
+    history = config.history
+    if history.url is not None and urlsplit(history.url).scheme not in {"http", "https"}:
+        raise ConfigError(f"history.url {_redact(history.url)!r}: scheme must be http or https")
+    if history.backoff_max_s < history.backoff_min_s:
+        raise ConfigError("history.backoff_max_s: smaller than history.backoff_min_s")
     if config.ingest.queue_max_bytes < config.ingest.max_payload_bytes:
         raise ConfigError("ingest.queue_max_bytes: smaller than ingest.max_payload_bytes")

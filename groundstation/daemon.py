@@ -26,6 +26,7 @@ from groundstation.archive import ArchiveWriter, directory_lock
 from groundstation.broker import embedded_broker
 from groundstation.config import Config
 from groundstation.definitions import load_dictionaries
+from groundstation.history.writer import HistoryCollector, HistoryWriter
 from groundstation.metrics import PipelineStatus, TelemetryCollector
 from groundstation.mqtt import Subscriber
 from groundstation.pipeline import (
@@ -36,7 +37,7 @@ from groundstation.pipeline import (
     PipelineProcess,
     ResumeScan,
 )
-from groundstation.telemetry import Telemetry
+from groundstation.telemetry import LAST_RECEIVE_TIME, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,16 @@ class Daemon:
             batch_max_envelopes=config.ingest.batch_max_envelopes,
             batch_max_bytes=config.ingest.batch_max_bytes,
         )
+        self.history: HistoryWriter | None = None
+        if config.history.url is not None:
+            # A second consumer of the archive, in a thread of its own (docs/history.md).
+            self.history = HistoryWriter(
+                config.history,
+                archive_dir=config.archive.directory,
+                dictionaries=self.dictionaries,
+                max_payload_bytes=config.ingest.max_payload_bytes,
+                batch_max_envelopes=config.ingest.batch_max_envelopes,
+            )
         self.subscriber: Subscriber[list[Arrival]] | None = None
         self.resume_scan = ResumeScan(envelopes=0, damaged_records=0, damaged_bytes=0)
         self.drain_outcome: DrainOutcome | None = None
@@ -161,10 +172,14 @@ class Daemon:
                 receiving = tasks.create_task(subscriber.run(self._stop_receiving))
                 decoding = tasks.create_task(self.worker.run())
                 syncing = tasks.create_task(self._sync_archive(sink))
+                if self.history is not None:
+                    tasks.create_task(self._write_history(self.history))
                 self.ready.set()
                 await self.shutdown.wait()
                 await self._drain(receiving, decoding)
                 syncing.cancel()
+                if self.history is not None:
+                    self.history.stop.set()  # its position is saved: it resumes from there
         logger.info("ground station stopped; archive closed")
 
     async def _drain(self, receiving: asyncio.Task[None], decoding: asyncio.Task[None]) -> None:
@@ -198,6 +213,19 @@ class Daemon:
             )
             logger.info("drained in %.2f s", self.drain_outcome.seconds)
 
+    def _newest_received(self) -> float:
+        """Receive time of the newest valid envelope decoded live (gs_last_receive_time_seconds)."""
+        for family in self.worker.latest_snapshot.families:
+            if family.family is LAST_RECEIVE_TIME:
+                return max((value for _, value in family.samples), default=0.0)
+        return 0.0
+
+    async def _write_history(self, history: HistoryWriter) -> None:
+        try:
+            await asyncio.to_thread(history.run)
+        finally:
+            history.stop.set()  # cancelled (a sibling task failed): the thread ends too
+
     async def _sync_archive(self, sink: ArchivingSink) -> None:
         if self.config.archive.fsync != "interval":
             return
@@ -211,6 +239,10 @@ class Daemon:
         self.registry.register(
             TelemetryCollector(snapshot=lambda: self.worker.latest_snapshot, pipeline=self.status)
         )
+        if self.history is not None:
+            self.registry.register(
+                HistoryCollector(self.history.status, newest_received=self._newest_received)
+            )
         ProcessCollector(registry=self.registry)
         app = _with_healthz(make_wsgi_app(self.registry), self.health)
         server: WSGIServer = make_server(

@@ -867,3 +867,10 @@ def _vehicle_with(dictionaries: Mapping[str, VehicleDictionary], packet_name: st
         if any(packet.name == packet_name for packet in dictionary.packets.values()):
             return vehicle
     return None
+
+
+# The history writer (groundstation.history) derives ICD section 7's samples with the same
+# definitions, one packet at a time.
+FlightTrack = _FlightTrack
+flying_codes = _flying_codes
+latest_value_writers = _latest_value_writers

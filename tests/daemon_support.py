@@ -110,12 +110,13 @@ async def scrape(address: tuple[str, int] | None) -> dict[str, float]:
 
 def counters(samples: dict[str, float]) -> dict[str, float]:
     """The telemetry counters, which replay reproduces (gs_mqtt_* is about the live link,
-    gs_archive_* about the start-up scan; replay reports the archive in its own section)."""
+    gs_archive_* about the start-up scan, replay reports the archive in its own section;
+    gs_history_* about the history writer)."""
     return {
         key: value
         for key, value in samples.items()
         if key.startswith("gs_")
-        and not key.startswith(("gs_mqtt_", "gs_archive_"))
+        and not key.startswith(("gs_mqtt_", "gs_archive_", "gs_history_"))
         and key.split("{")[0].endswith("_total")
     }
 

@@ -76,6 +76,7 @@ class PrometheusServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()  # e.g. --web.enable-remote-write-receiver
 
     @property
     def url(self) -> str:
@@ -89,7 +90,7 @@ class PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_file = self.workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
-        with self.log.open("wb") as log:
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
                     find_binary("prometheus"),
@@ -97,6 +98,7 @@ class PrometheusServer:
                     f"--storage.tsdb.path={self.workdir / 'data'}",
                     f"--web.listen-address={LOOPBACK}:{self.port}",
                     "--log.level=warn",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

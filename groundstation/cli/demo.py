@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 from groundstation.broker import quiet_broker_logs
+from groundstation.cli.run import add_history_argument
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
 from simulators.run import SimulationOptions, simulate
@@ -45,13 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="raw archive directory (default ./archive)",
     )
+    add_history_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(
         None,
         env=os.environ,
-        overrides=Overrides(metrics_addr=args.metrics_addr, archive_dir=args.archive_dir),
+        overrides=Overrides(
+            metrics_addr=args.metrics_addr,
+            archive_dir=args.archive_dir,
+            history_url=args.history_url,
+        ),
     )
     config = dataclasses.replace(
         config, broker=dataclasses.replace(config.broker, port=args.mqtt_port)

@@ -17,10 +17,12 @@ from typing import Any, TextIO
 
 from groundstation import records
 from groundstation.archive import ArchiveReader
-from groundstation.config import load_config
+from groundstation.cli.run import add_history_argument
+from groundstation.config import Config, Overrides, load_config
 from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
+from groundstation.history.writer import HistoryWriter
 from groundstation.pipeline import (
     Decoded,
     InvalidEnvelopeLog,
@@ -42,12 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="the daemon's TOML file (ingest limits)"
     )
+    add_history_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     if not args.archive_dir.is_dir():
         raise ConfigError(f"{args.archive_dir}: no such archive directory")
-    config = load_config(args.config, env=os.environ)
+    config = load_config(
+        args.config, env=os.environ, overrides=Overrides(history_url=args.history_url)
+    )
     summary = replay(
         args.archive_dir,
         max_payload_bytes=config.ingest.max_payload_bytes,
@@ -55,10 +60,25 @@ def main(args: argparse.Namespace) -> int:
         batch_size=config.ingest.batch_max_envelopes,
         jsonl=sys.stdout if args.format == "jsonl" else None,
     )
+    if config.history.url is not None:
+        summary["history"] = write_history(args.archive_dir, config)
     if args.format == "summary":
         json.dump(summary, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     return 0
+
+
+def write_history(directory: Path, config: Config) -> dict[str, int]:
+    """The history writer over the archive, from its position to the end (docs/history.md)."""
+    writer = HistoryWriter(
+        config.history,
+        archive_dir=directory,
+        dictionaries=load_dictionaries(),
+        max_payload_bytes=config.ingest.max_payload_bytes,
+        batch_max_envelopes=config.ingest.batch_max_envelopes,
+    )
+    writer.catch_up()
+    return dict(writer.status.samples.items())
 
 
 def replay(

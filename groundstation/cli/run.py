@@ -30,6 +30,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--archive-dir", type=Path, metavar="DIR", help="raw archive directory")
     parser.add_argument("--client-id", metavar="ID", help="MQTT client id (persistent session)")
+    add_history_argument(parser)
+
+
+def add_history_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--history-url",
+        metavar="URL",
+        help="remote-write endpoint for the history at spacecraft time, e.g."
+        " http://127.0.0.1:9090/api/v1/write (default: [history] url, or off)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -42,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             metrics_addr=args.metrics_addr,
             archive_dir=args.archive_dir,
             client_id=args.client_id,
+            history_url=args.history_url,
         ),
     )
 

@@ -1,0 +1,481 @@
+"""The history writer against a real Prometheus 2.42 with its remote-write receiver on.
+
+Flight 3 is simulated store-and-forward into an archive (as the daemon archives it), the
+writer runs over the archive, and Prometheus range queries over the flight's own time must
+give, per series, the samples ICD section 7 defines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from groundstation.archive import ArchiveRecord, ArchiveWriter
+from groundstation.config import ArchiveConfig, HistoryConfig
+from groundstation.daemon import running_daemon
+from groundstation.decoder import PacketDecoder
+from groundstation.definitions import load_dictionaries
+from groundstation.history.remote_write import Series, compress, encode_write_request
+from groundstation.history.writer import (
+    POSITION_FILE,
+    HistoryWriter,
+    Verdict,
+    load_position,
+    post,
+)
+from simulators.output import packets_file, read_envelopes
+from simulators.run import SimulationOptions, simulate
+from tests.daemon_support import (
+    HK_PER_ENVELOPE,
+    REPO,
+    daemon_config,
+    envelope,
+    hk_packet,
+    processed,
+    publish,
+    scrape,
+)
+from tests.icd_packets import time_of
+from tests.reliability_support import DaemonProcess, total
+from tests.reliability_support import running_daemon as running_process
+from tests.services import Mosquitto
+from tests.test_daemon_flight import envelopes_published, simulator_options
+from tests.test_prometheus_live import PrometheusServer
+
+pytestmark = [pytest.mark.integration]
+
+HOUR_S = 3600.0
+HK_SAMPLES = 19  # per HELI_HK packet: 8 values, 6 modes, 5 faults
+FLIGHT3_S = 145  # packet time from the first to the last HK packet, plus one
+
+
+@dataclass(frozen=True)
+class Flight:
+    archive: Path
+    start: float  # first packet time
+    end: float  # last packet time
+    expected: dict[str, int]  # per series (rendered labels): sample count by ICD section 7
+
+
+def fly(directory: Path, *, start_time: float, arrive_after_s: float, repeat: int = 1) -> Flight:
+    """Flight 3 store-and-forward, archived `arrive_after_s` after it flew."""
+    sim = directory / "sim"
+    asyncio.run(
+        simulate(
+            SimulationOptions(
+                profile="flight3",
+                output_dir=sim,
+                store_and_forward=True,
+                start_time=start_time,
+                repeat=repeat,
+            )
+        )
+    )
+    archive = directory / "archive"
+    with ArchiveWriter(ArchiveConfig(directory=archive, fsync="never")) as writer:
+        writer.append(
+            [
+                ArchiveRecord(
+                    topic=e.topic,
+                    received_at=start_time + arrive_after_s + e.send_at_s,
+                    payload=e.payload,
+                    valid=True,
+                )
+                for e in read_envelopes(sim / "envelopes.msgpack")
+            ]
+        )
+    return Flight(archive=archive, **expected_samples(sim))
+
+
+def expected_samples(sim: Path) -> dict[str, Any]:
+    """ICD section 7's counts, from the packets the simulator sent (decoded directly)."""
+    dictionaries = load_dictionaries()
+    columns = {}
+    for vehicle in ("ingenuity", "perseverance"):
+        data = (sim / packets_file(vehicle)).read_bytes()
+        result = PacketDecoder(dictionaries[vehicle]).decode([data])
+        columns.update({c.name: c for c in result.columns.values()})
+    hk, nav, imu, rover = (columns[n] for n in ("HELI_HK", "HELI_NAV", "HELI_IMU", "ROVER_NAV"))
+    takeoff = float(hk.time[np.isin(hk.fields["mode"], [2, 3])].min())  # SPINUP, FLIGHT
+    imu_seconds = np.unique(np.floor((imu.time[:, None] + np.arange(10) / 500).ravel()))
+    heli, rover_v = 'vehicle="ingenuity"', 'vehicle="perseverance"'
+    counts = {
+        f"gs_battery_voltage_volts{{{heli}}}": hk.time.size,
+        f'gs_vehicle_mode{{mode="SAFE",{heli}}}': hk.time.size,
+        f'gs_fault_active{{fault="heater_on",{heli}}}': hk.time.size,
+        f"gs_altitude_meters{{{heli}}}": nav.time.size,
+        f'gs_position_meters{{axis="y",{heli}}}': nav.time.size,
+        f"gs_ground_speed_meters_per_second{{{heli}}}": nav.time.size,
+        f"gs_flight_distance_meters{{{heli}}}": int((nav.time >= takeoff).sum()),
+        f"gs_range_to_rover_meters{{{heli}}}": int((nav.time >= rover.time.min()).sum()),
+        # Every whole second of IMU sample time but the newest, which is still open.
+        f'gs_vibration_rms_mps2{{axis="z",{heli}}}': imu_seconds.size - 1,
+        f'gs_position_meters{{axis="x",{rover_v}}}': rover.time.size,
+        f"gs_odometry_meters{{{rover_v}}}": rover.time.size,
+    }
+    return {
+        "start": float(min(hk.time.min(), rover.time.min())),
+        "end": float(max(nav.time.max(), imu.time.max())),
+        "expected": counts,
+    }
+
+
+def prometheus_with_receiver(workdir: Path, *, window: str) -> PrometheusServer:
+    server = PrometheusServer(workdir=workdir, extra_args=("--web.enable-remote-write-receiver",))
+    server.start({"global": {}, "storage": {"tsdb": {"out_of_order_time_window": window}}})
+    return server
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
+    server = prometheus_with_receiver(tmp_path / "prometheus", window="6h")
+    yield server
+    server.stop()
+
+
+def writer_for(
+    archive: Path, prometheus: PrometheusServer, *, envelopes: int = 256, **settings: Any
+) -> HistoryWriter:
+    config = HistoryConfig(
+        url=f"{prometheus.url}/api/v1/write", backoff_min_s=0.1, backoff_max_s=0.5, **settings
+    )
+    return HistoryWriter(
+        config,
+        archive_dir=archive,
+        dictionaries=load_dictionaries(),
+        max_payload_bytes=2**24,
+        batch_max_envelopes=envelopes,
+    )
+
+
+def stored(prometheus: PrometheusServer, flight: Flight) -> dict[str, list[list[Any]]]:
+    """Every raw sample of every history series over the flight's own time."""
+    span = math.ceil(flight.end - flight.start) + 5
+    answer = prometheus.api(
+        "query", query=f'{{timeline="spacecraft"}}[{span}s]', time=f"{flight.end + 2:.3f}"
+    )
+    assert answer["status"] == "success", answer
+    return {
+        str(sorted(item["metric"].items())): item["values"] for item in answer["data"]["result"]
+    }
+
+
+def counts(prometheus: PrometheusServer, flight: Flight) -> dict[str, int]:
+    # count_over_time drops __name__: ask per name instead.
+    out = {}
+    span = math.ceil(flight.end - flight.start) + 5
+    for key in flight.expected:
+        answer = prometheus.api(
+            "query", query=f"count_over_time({key}[{span}s])", time=f"{flight.end + 2:.3f}"
+        )
+        assert answer["status"] == "success", answer
+        result = answer["data"]["result"]
+        out[key] = int(float(result[0]["value"][1])) if result else 0
+    return out
+
+
+def peak(prometheus: PrometheusServer, flight: Flight, selector: str) -> float:
+    span = math.ceil(flight.end - flight.start) + 5
+    answer = prometheus.api(
+        "query", query=f"max_over_time({selector}[{span}s])", time=f"{flight.end + 2:.3f}"
+    )
+    return float(answer["data"]["result"][0]["value"][1])
+
+
+def test_flight3_history_at_spacecraft_time(tmp_path: Path, prometheus: PrometheusServer) -> None:
+    """Flight 3 flown 3 h ago, archived, written: per-series counts, peaks; written twice,
+    nothing changes."""
+    flight = fly(tmp_path, start_time=time.time() - 3 * HOUR_S, arrive_after_s=2 * HOUR_S)
+    writer = writer_for(flight.archive, prometheus)
+    assert writer.catch_up()
+    assert writer.status.samples["rejected"] == 0
+    assert writer.status.samples["backfill"] == 0
+    assert writer.status.up
+    assert writer.status.lag_seconds() == 0.0
+    first = counts(prometheus, flight)
+    assert first == flight.expected
+    assert peak(prometheus, flight, 'gs_altitude_meters{timeline="spacecraft"}') == pytest.approx(
+        5.0, abs=0.1
+    )
+    distance = peak(prometheus, flight, 'gs_flight_distance_meters{timeline="spacecraft"}')
+    assert distance == pytest.approx(100.0, abs=3.0)
+    rover = peak(prometheus, flight, 'gs_range_to_rover_meters{timeline="spacecraft"}')
+    assert rover == pytest.approx(85.0, abs=1.0)
+    values = stored(prometheus, flight)
+    assert sum(map(len, values.values())) == writer.status.samples["ok"]
+    assert not writer.catch_up()  # caught up: nothing new
+    (flight.archive / POSITION_FILE).unlink()
+    again = writer_for(flight.archive, prometheus)
+    assert again.catch_up()
+    assert again.status.samples["ok"] == writer.status.samples["ok"]
+    assert counts(prometheus, flight) == first
+    assert stored(prometheus, flight) == values
+
+
+def test_prometheus_down_mid_stream_loses_nothing(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """Prometheus stopped after a few requests, started again 2 s later: every sample arrives."""
+    flight = fly(tmp_path, start_time=time.time() - 3 * HOUR_S, arrive_after_s=HOUR_S)
+    writer = writer_for(flight.archive, prometheus, batch_max_samples=2000)
+    calls = {"n": 0, "failed": 0}
+    restarted = threading.Event()
+
+    def restart() -> None:
+        prometheus.start(prometheus_config())
+        restarted.set()
+
+    def send(body: bytes) -> Verdict:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            prometheus.stop()
+            threading.Timer(2.0, restart).start()
+        verdict = post(f"{prometheus.url}/api/v1/write", body, timeout_s=5)
+        calls["failed"] += not verdict.ok
+        return verdict
+
+    writer._send = send
+    assert writer.catch_up()
+    assert restarted.is_set()
+    assert calls["failed"] > 0
+    assert writer.status.up
+    assert counts(prometheus, flight) == flight.expected
+
+
+def prometheus_config() -> dict[str, Any]:
+    return {"global": {}, "storage": {"tsdb": {"out_of_order_time_window": "6h"}}}
+
+
+def test_samples_older_than_the_window_are_left_for_backfill(tmp_path: Path) -> None:
+    """Samples outside the receiver's window are counted backfill, the rest written.
+
+    Flight 3 flown twice back to back, written in one request to a Prometheus whose newest
+    sample lies 1 h 70 s after the first flight's end: a new series takes samples up to
+    1 h older than the newest (Prometheus answers 400 "out of bounds" for the rest and rolls
+    the request back), so the first flight and the second's first 70 s are backfill, the
+    rest goes in. Written again: every sample but each series' newest is older than the 30
+    min out-of-order window of its now existing series (500 "too old sample"): backfill,
+    and nothing stored changes.
+    """
+    server = prometheus_with_receiver(tmp_path / "prometheus", window="30m")
+    try:
+        start = time.time() - 3 * HOUR_S
+        flight = fly(tmp_path, start_time=start, arrive_after_s=HOUR_S, repeat=2)
+        first_end_ms = int(flight.start * 1000) + FLIGHT3_S * 1000
+        newest_ms = first_end_ms + (3600 + 70) * 1000
+        anchor = Series({"__name__": "anchor"}, [(newest_ms, 1.0)])
+        url = f"{server.url}/api/v1/write"
+        assert post(url, compress(encode_write_request([anchor])), timeout_s=5).ok
+        posts = {"n": 0}
+
+        def send(body: bytes) -> Verdict:
+            posts["n"] += 1
+            return post(url, body, timeout_s=5)
+
+        writer = writer_for(flight.archive, server, batch_max_samples=1_000_000, envelopes=10_000)
+        writer._send = send
+        assert writer.catch_up()
+        status = writer.status.samples
+        assert status["rejected"] == 0
+        assert status["backfill"] > 0
+        assert status["ok"] > 0
+        assert posts["n"] < 60  # bisection: about log2(samples) requests, not one per sample
+        samples = stored(server, flight)
+        times_ms = [float(t) * 1000 for values in samples.values() for t, _ in values]
+        assert len(times_ms) == status["ok"]
+        assert min(times_ms) >= newest_ms - 3600 * 1000 - 1
+        assert max(times_ms) > first_end_ms + 100 * 1000
+
+        (flight.archive / POSITION_FILE).unlink()
+        dry = writer_for(flight.archive, server, envelopes=10_000)
+        dry._send = lambda body: Verdict(status=204, body="")
+        assert dry.catch_up()
+        assert status["ok"] + status["backfill"] == dry.status.samples["ok"]
+
+        (flight.archive / POSITION_FILE).unlink()
+        posts["n"] = 0
+        again = writer_for(flight.archive, server, batch_max_samples=1_000_000, envelopes=10_000)
+        again._send = send
+        assert again.catch_up()
+        written_again = again.status.samples
+        # Only each series' newest sample is accepted again (the same sample at its head).
+        assert written_again["ok"] <= len(samples)
+        assert written_again["rejected"] == 0
+        assert written_again["ok"] + written_again["backfill"] == dry.status.samples["ok"]
+        assert posts["n"] < 60
+        assert stored(server, flight) == samples
+    finally:
+        server.stop()
+
+
+@pytest.mark.asyncio
+async def test_daemon_writes_the_history_of_a_stored_flight(
+    mosquitto: Mosquitto, tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """The daemon with --history-url: flight 3 sent store-and-forward through Mosquitto
+    (flown 2 h before it is sent); the writer, one more task of the daemon, puts the whole
+    flight into Prometheus at its own time, and /metrics reports it caught up."""
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config,
+        history=HistoryConfig(url=f"{prometheus.url}/api/v1/write", poll_interval_s=0.2),
+    )
+    start = time.time() - 2 * HOUR_S
+    async with running_daemon(config) as daemon:
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+        options = dataclasses.replace(
+            simulator_options(mosquitto, store_and_forward=True), start_time=start
+        )
+        report = (await simulate(options)).document
+        await processed(daemon, envelopes_published(report))
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = await scrape(daemon.metrics_address)
+            written = metrics.get('gs_history_samples_total{result="ok"}', 0.0)
+            if written > 0 and metrics["gs_history_lag_seconds{}"] == 0.0:
+                break
+            assert time.monotonic() < deadline, metrics
+            await asyncio.sleep(0.2)
+        assert metrics["gs_history_up{}"] == 1.0
+        assert metrics['gs_history_samples_total{result="backfill"}'] == 0.0
+    hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
+    nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
+    for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
+        answer = prometheus.api(
+            "query",
+            query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
+            time=f"{start + 1800:.3f}",
+        )
+        [item] = answer["data"]["result"]
+        assert int(item["value"][1]) == expected, name
+
+
+def test_replay_with_history_url_writes_the_archive(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """`groundstation replay ARCHIVE --history-url URL`: the archive's history, once."""
+    flight = fly(tmp_path, start_time=time.time() - 3 * HOUR_S, arrive_after_s=HOUR_S)
+    command = [sys.executable, "-m", "groundstation", "replay", str(flight.archive)]
+    command += ["--history-url", f"{prometheus.url}/api/v1/write"]
+    completed = subprocess.run(command, capture_output=True, check=False, cwd=REPO, timeout=120)
+    assert completed.returncode == 0, completed.stderr.decode()
+    summary = json.loads(completed.stdout)
+    assert summary["history"]["ok"] > 0
+    assert summary["history"]["backfill"] == summary["history"]["rejected"] == 0
+    assert counts(prometheus, flight) == flight.expected
+
+
+@pytest.mark.asyncio
+async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The daemon streams flight 3 while its Prometheus is not running: every envelope is
+    still decoded live, gs_history_up is 0 and the lag is the flight's arrival span; once
+    Prometheus starts, the writer catches up from its position with every sample."""
+    server = PrometheusServer(
+        workdir=tmp_path / "prometheus", extra_args=("--web.enable-remote-write-receiver",)
+    )
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config,
+        history=HistoryConfig(
+            url=f"{server.url}/api/v1/write",
+            poll_interval_s=0.2,
+            backoff_min_s=0.1,
+            backoff_max_s=0.5,
+        ),
+    )
+    start = time.time() - 2 * HOUR_S
+    try:
+        async with running_daemon(config) as daemon:
+            await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
+            options = dataclasses.replace(
+                simulator_options(mosquitto, store_and_forward=True), start_time=start
+            )
+            report = (await simulate(options)).document
+            await processed(daemon, envelopes_published(report))  # ingest did not wait
+            await asyncio.sleep(0.5)
+            metrics = await scrape(daemon.metrics_address)
+            assert metrics["gs_history_up{}"] == 0.0
+            assert metrics["gs_history_lag_seconds{}"] > 0.0
+            assert metrics['gs_history_samples_total{result="ok"}'] == 0.0
+            await asyncio.to_thread(server.start, prometheus_config())
+            deadline = time.monotonic() + 30
+            while metrics["gs_history_lag_seconds{}"] > 0.0 or not metrics["gs_history_up{}"]:
+                assert time.monotonic() < deadline, metrics
+                await asyncio.sleep(0.2)
+                metrics = await scrape(daemon.metrics_address)
+        hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
+        nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
+        for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
+            answer = server.api(
+                "query",
+                query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
+                time=f"{start + 1800:.3f}",
+            )
+            [item] = answer["data"]["result"]
+            assert int(item["value"][1]) == expected, name
+    finally:
+        server.stop()
+
+
+def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """`groundstation run` with [history], 3,000 HK envelopes (9,000 packets) archived, the
+    process killed with -9 while the writer is part way; restarted, it resumes from its
+    position: every packet's samples are in Prometheus."""
+    server = prometheus_with_receiver(tmp_path / "prometheus", window="6h")
+    history = (
+        f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
+        "poll_interval_s = 0.2\n"
+    )
+    daemon = DaemonProcess(
+        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
+    )
+    envelopes = 3000
+    try:
+        with running_process(daemon):
+            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
+            deadline = time.monotonic() + 60
+            while (
+                written := total(daemon.scrape(), "gs_history_samples_total", result="ok")
+            ) < 20_000:
+                assert time.monotonic() < deadline, daemon.log_tail()
+                time.sleep(0.02)
+            daemon.stop(kill=True)
+        assert written < envelopes * HK_PER_ENVELOPE * HK_SAMPLES  # killed part way
+        position = load_position(daemon.archive_dir)
+        assert position is not None
+        with running_process(daemon):
+            deadline = time.monotonic() + 90
+            while True:
+                samples = daemon.scrape()
+                lag = total(samples, "gs_history_lag_seconds")
+                if lag == 0.0 and total(samples, "gs_history_samples_total", result="ok") > 0:
+                    break
+                assert time.monotonic() < deadline, daemon.log_tail()
+                time.sleep(0.1)
+            daemon.stop()
+        # ICD section 3: the SCLK coarse count is bytes 6-9 of the first packet.
+        first = time_of(int.from_bytes(hk_packet(0)[6:10], "big"), 0)
+        answer = server.api(
+            "query",
+            query='count_over_time(gs_battery_voltage_volts{timeline="spacecraft"}[4h])',
+            time=f"{first + envelopes * HK_PER_ENVELOPE + 10:.3f}",
+        )
+        [item] = answer["data"]["result"]
+        assert int(item["value"][1]) == envelopes * HK_PER_ENVELOPE
+    finally:
+        server.stop()
