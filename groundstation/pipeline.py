@@ -219,6 +219,25 @@ def archived_arrivals(
         )
 
 
+def replay_archive(
+    records: Iterable[ArchiveRecord],
+    pipeline: Pipeline,
+    *,
+    max_payload_bytes: int,
+    batch_size: int,
+) -> Iterator[Decoded]:
+    """Archive records through `pipeline` in arrival order, invalid envelopes logged: the
+    one replay path (`groundstation replay`, `groundstation report`)."""
+    arrivals = archived_arrivals(
+        records, max_payload_bytes=max_payload_bytes, vehicles=pipeline.decoders
+    )
+    log_invalid = InvalidEnvelopeLog()
+    for batch in batched(arrivals, batch_size):
+        for arrival in batch:
+            log_invalid(arrival)
+        yield from pipeline.process(batch)
+
+
 def batched(items: Iterable[Arrival], size: int) -> Iterator[list[Arrival]]:
     batch: list[Arrival] = []
     for item in items:

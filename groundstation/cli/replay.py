@@ -20,13 +20,7 @@ from groundstation.archive import ArchiveReader
 from groundstation.config import load_config
 from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.errors import ConfigError
-from groundstation.pipeline import (
-    Decoded,
-    InvalidEnvelopeLog,
-    Pipeline,
-    archived_arrivals,
-    batched,
-)
+from groundstation.pipeline import Decoded, Pipeline, replay_archive
 from groundstation.telemetry import Telemetry, TelemetrySnapshot
 
 
@@ -66,18 +60,13 @@ def replay(
     dictionaries = load_dictionaries()
     pipeline = Pipeline(dictionaries, telemetry=Telemetry(dictionaries))
     reader = ArchiveReader(directory)
-    arrivals = archived_arrivals(
-        reader.records(), max_payload_bytes=max_payload_bytes, vehicles=dictionaries
-    )
-    log_invalid = InvalidEnvelopeLog()
-    for batch in batched(arrivals, batch_size):
-        for arrival in batch:
-            log_invalid(arrival)
-        for decoded in pipeline.process(batch):
-            if jsonl is not None:
-                for item in packet_records(decoded, dictionaries[decoded.vehicle]):
-                    jsonl.write(json.dumps(item, allow_nan=False))
-                    jsonl.write("\n")
+    for decoded in replay_archive(
+        reader.records(), pipeline, max_payload_bytes=max_payload_bytes, batch_size=batch_size
+    ):
+        if jsonl is not None:
+            for item in packet_records(decoded, dictionaries[decoded.vehicle]):
+                jsonl.write(json.dumps(item, allow_nan=False))
+                jsonl.write("\n")
     stats = reader.stats
     return {
         "archive": {
