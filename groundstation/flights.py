@@ -160,11 +160,12 @@ class FlightLog:
         self.severity_names: Mapping[int, str] = (
             helicopter["HELI_EVR"].field("severity").enum or {} if "HELI_EVR" in helicopter else {}
         )
-        self.imu_offsets = np.zeros(1)
+        self.imu_offsets: NDArray[np.float64] = np.zeros(1)
         if "HELI_IMU" in helicopter:
             imu = helicopter["HELI_IMU"]
-            self.imu_offsets = np.arange(imu.samples) * (imu.sample_interval_s or 0.0)
-        # Every entry of the helicopter's packets: a time to place it by, result, APID.
+            interval = imu.sample_interval_s or 0.0
+            self.imu_offsets = np.arange(imu.samples, dtype=np.float64) * interval
+        # Every entry of the helicopter's packets: a time to place it by, and its result.
         self._entry_times: list[NDArray[np.float64]] = []
         self._entry_results: list[NDArray[np.uint8]] = []
 

@@ -1,4 +1,4 @@
-"""Command line: `groundstation decode|run|replay|demo`; the only place errors become exit codes."""
+"""Command line: `groundstation COMMAND`; the only place errors become exit codes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "run": "run the ground station daemon (MQTT -> archive -> decoder -> metrics)",
     "replay": "re-decode a raw archive in arrival order",
     "demo": "embedded broker + simulator + daemon: live metrics on a fresh machine",
+    "report": "post-flight report: a figure per flight and summary.json, from a raw archive",
 }
 
 
