@@ -145,7 +145,7 @@ def draw_flight(view: FlightView, *, vehicle: str) -> Figure:
 def _legend(left: Axes, right: Axes) -> None:
     handles, labels = left.get_legend_handles_labels()
     more_handles, more_labels = right.get_legend_handles_labels()
-    left.legend(handles + more_handles, labels + more_labels, loc="upper right", fontsize=8)
+    left.legend(handles + more_handles, labels + more_labels, loc="best", fontsize=8)
 
 
 def _draw_track(axes: Axes, view: FlightView) -> None:
