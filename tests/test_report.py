@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -392,3 +395,29 @@ def test_a_vehicle_that_does_not_fly(two_flights: Report, tmp_path: Path) -> Non
     )
     assert run.returncode == 2
     assert "does not fly" in run.stderr
+
+
+def test_progress_bar_on_a_terminal(two_flights: Report, tmp_path: Path) -> None:
+    """With stderr on a terminal, the command draws a bar over the archive's bytes."""
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "groundstation", "report", str(two_flights.archive),
+               "--out", str(tmp_path / "out"), "--flight", "1"]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower, cwd=REPO) as child:
+        os.close(follower)
+        written = b""
+        while True:
+            if not select.select([leader], [], [], 1.0)[0]:
+                if child.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child's end is closed and everything was read
+                break
+            if not chunk:
+                break
+            written += chunk
+        os.close(leader)
+        assert child.wait(timeout=120) == 0, written
+    assert b"%|" in written  # the bar itself, not only the log lines
+    assert b"B/s" in written

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -185,8 +186,18 @@ def read_flights(
 def _with_progress(records: Iterator[ArchiveRecord], directory: Path) -> Iterator[ArchiveRecord]:
     """A bar on stderr over the archive's bytes, with rate and time left."""
     total = sum(path.stat().st_size for path in list_segments(directory))
+    # A terminal that reports no size (a bare pty) would hide tqdm's bar: shutil falls back
+    # to 80 x 24 there.
+    size = shutil.get_terminal_size()
     with tqdm(
-        total=total, unit="B", unit_scale=True, desc="report", file=sys.stderr, leave=False
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="report",
+        file=sys.stderr,
+        leave=False,
+        ncols=size.columns,
+        nrows=size.lines,
     ) as bar:
         for record in records:
             bar.update(framed_size(record))
