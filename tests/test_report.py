@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import pty
 import select
@@ -97,10 +100,30 @@ class Report:
     stderr: str
 
 
+def in_process(argv: list[str]) -> tuple[int, str]:
+    """`groundstation ARGV` in this process (no interpreter start-up): exit status, stderr.
+
+    The CLI installs its log handler on the root logger; it is taken off again after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            status = cli.main(argv)
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    return status, stderr.getvalue()
+
+
 def run_report(archive: Path, out: Path, *extra: str) -> Report:
-    run = groundstation("report", str(archive), "--vehicle", "ingenuity", "--out", str(out), *extra)
-    assert run.returncode == 0, run.stderr
-    return Report(archive, out, json.loads((out / "summary.json").read_text()), run.stderr)
+    status, stderr = in_process(
+        ["report", str(archive), "--vehicle", "ingenuity", "--out", str(out), *extra]
+    )
+    assert status == 0, stderr
+    return Report(archive, out, json.loads((out / "summary.json").read_text()), stderr)
 
 
 def metrics_after_replay(archive: Path) -> Mapping[str, dict[tuple[str, ...], float]]:
@@ -376,17 +399,13 @@ def test_not_an_archive_exits_2_with_one_line(tmp_path: Path, kind: str) -> None
 
 
 def test_missing_matplotlib_is_one_line_and_exit_2(
-    two_flights: Report,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    two_flights: Report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
-    status = cli.main(["report", str(two_flights.archive), "--out", str(tmp_path / "out")])
+    status, stderr = in_process(["report", str(two_flights.archive), "--out", str(tmp_path)])
     assert status == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
-    assert "pip install 'mars-groundstation[report]'" in err
+    assert stderr.strip().count("\n") == 0
+    assert "pip install 'mars-groundstation[report]'" in stderr
 
 
 def test_a_vehicle_that_does_not_fly(two_flights: Report, tmp_path: Path) -> None:
