@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.decoder import CRC_ERROR, MALFORMED, RESULTS, DecodeResult
+from groundstation.decoder import RESULTS, DecodeResult
 from groundstation.definitions import PacketDef, VehicleDictionary
 from groundstation.errors import ConfigError
 from groundstation.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW
@@ -41,6 +41,12 @@ __all__ = [
 FLYING_MODES: Final = ("SPINUP", "FLIGHT")
 LIFTOFF_MODE: Final = "FLIGHT"
 LANDED_MODE: Final = "LANDED"
+# Results whose packet time cannot be trusted: a failed CRC may have hit the time, a
+# malformed tail has none, a clock error's time is impossible (ICD section 6).
+UNTIMED_RESULTS: Final = frozenset({"crc_error", "malformed", "clock_error"})
+_UNTIMED_CODES: Final = np.array(
+    [code for code, name in enumerate(RESULTS) if name in UNTIMED_RESULTS], dtype=np.uint8
+)
 # The figure shows this much before the flight's start (spin-up included) and after landing.
 PLOT_MARGIN_S: Final = 10.0
 
@@ -244,11 +250,11 @@ def _by_name(dictionary: VehicleDictionary) -> dict[str, PacketDef]:
 
 
 def _placing_times(result: DecodeResult) -> NDArray[np.float64]:
-    """Each entry's packet time, except that a packet whose CRC failed (its time may be the
-    corrupt part) or a malformed tail takes the time of the nearest CRC-valid packet before
-    it in arrival order (after it, for those at the start)."""
+    """Each entry's packet time, except that one whose time cannot be trusted
+    (UNTIMED_RESULTS) takes the time of the nearest trusted packet before it in arrival
+    order (after it, for those at the start)."""
     time = np.array(result.time, dtype=np.float64)
-    trusted = (result.result != CRC_ERROR) & (result.result != MALFORMED) & np.isfinite(time)
+    trusted = ~np.isin(result.result, _UNTIMED_CODES) & np.isfinite(time)
     if trusted.all() or not trusted.any():
         return time if trusted.all() else np.full_like(time, np.nan)
     index = np.arange(time.shape[0])
