@@ -89,6 +89,12 @@ def frame_record(record: ArchiveRecord) -> Frame:
     return checked + crc32(checked).to_bytes(4, "big") + head, record.payload
 
 
+def framed_size(record: ArchiveRecord) -> int:
+    """The bytes `record` takes on disk (for progress over an archive's bytes)."""
+    topic = record.topic.encode("utf-8", errors="surrogateescape")[:MAX_TOPIC_BYTES]
+    return _HEADER.size + _BODY_HEADER.size + len(topic) + len(record.payload)
+
+
 def segment_name(index: int) -> str:
     return f"segment-{index:010d}.gsa"
 

@@ -247,6 +247,29 @@ def archived_arrivals(
         )
 
 
+def replay_archive(
+    records: Iterable[ArchiveRecord],
+    pipeline: Pipeline,
+    *,
+    max_payload_bytes: int,
+    batch_size: int,
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+) -> Iterator[Decoded]:
+    """Archive records through `pipeline` in arrival order, invalid envelopes logged: the
+    one replay path (`groundstation replay`, `groundstation report`)."""
+    arrivals = archived_arrivals(
+        records,
+        max_payload_bytes=max_payload_bytes,
+        vehicles=pipeline.decoders,
+        max_clock_skew_s=max_clock_skew_s,
+    )
+    log_invalid = InvalidEnvelopeLog()
+    for batch in batched(arrivals, batch_size):
+        for arrival in batch:
+            log_invalid(arrival)
+        yield from pipeline.process(batch)
+
+
 def batched(items: Iterable[Arrival], size: int) -> Iterator[list[Arrival]]:
     batch: list[Arrival] = []
     for item in items:

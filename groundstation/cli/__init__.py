@@ -1,4 +1,4 @@
-"""Command line: `groundstation decode|run|replay|demo|dictionary`; errors become exit codes."""
+"""Command line: `groundstation COMMAND`; the only place errors become exit codes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "replay": "re-decode a raw archive in arrival order",
     "demo": "embedded broker + simulator + daemon: live metrics on a fresh machine",
     "dictionary": "the packet dictionary as XTCE 1.2 or as tables",
+    "report": "post-flight report: a figure per flight and summary.json, from a raw archive",
 }
 
 

@@ -23,13 +23,7 @@ from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
 from groundstation.history.writer import HistoryWriter
-from groundstation.pipeline import (
-    Decoded,
-    InvalidEnvelopeLog,
-    Pipeline,
-    archived_arrivals,
-    batched,
-)
+from groundstation.pipeline import Decoded, Pipeline, replay_archive
 from groundstation.telemetry import Telemetry, TelemetrySnapshot
 
 
@@ -97,21 +91,17 @@ def replay(
         dictionaries, telemetry=Telemetry(dictionaries), max_clock_skew_s=max_clock_skew_s
     )
     reader = ArchiveReader(directory)
-    arrivals = archived_arrivals(
+    for decoded in replay_archive(
         reader.records(),
+        pipeline,
         max_payload_bytes=max_payload_bytes,
-        vehicles=dictionaries,
+        batch_size=batch_size,
         max_clock_skew_s=max_clock_skew_s,
-    )
-    log_invalid = InvalidEnvelopeLog()
-    for batch in batched(arrivals, batch_size):
-        for arrival in batch:
-            log_invalid(arrival)
-        for decoded in pipeline.process(batch):
-            if jsonl is not None:
-                for item in packet_records(decoded, dictionaries[decoded.vehicle]):
-                    jsonl.write(json.dumps(item, allow_nan=False))
-                    jsonl.write("\n")
+    ):
+        if jsonl is not None:
+            for item in packet_records(decoded, dictionaries[decoded.vehicle]):
+                jsonl.write(json.dumps(item, allow_nan=False))
+                jsonl.write("\n")
     stats = reader.stats
     return {
         "archive": {
