@@ -22,6 +22,7 @@ from groundstation.archive import (
     ArchiveRecord,
     ArchiveWriter,
     encode_record,
+    framed_size,
     list_segments,
 )
 from groundstation.config import ArchiveConfig, FsyncPolicy
@@ -46,6 +47,14 @@ def test_records_round_trip_in_order(tmp_path: Path) -> None:
     assert list(reader.records()) == written
     assert reader.stats.records == 50
     assert reader.stats.damaged_records == 0
+
+
+def test_framed_size_is_what_a_record_takes_on_disk(tmp_path: Path) -> None:
+    written = [record(i, size=i * 37) for i in range(30)]
+    with ArchiveWriter(ArchiveConfig(directory=tmp_path)) as writer:
+        writer.append(written)
+    (segment,) = list_segments(tmp_path)
+    assert len(MAGIC) + sum(map(framed_size, written)) == segment.stat().st_size
 
 
 def test_record_layout_matches_the_documented_format() -> None:
