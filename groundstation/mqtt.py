@@ -157,8 +157,9 @@ class _ReadGate:
         self._loop.call_soon(self._read)
 
     def _read(self) -> None:
-        """What aiomqtt's reader does (`Client._on_socket_open`): paho's `loop_read`, again
-        while a TLS socket holds decrypted bytes, and any failure ends the connection."""
+        """What aiomqtt's reader does (the callback it adds when paho opens the socket):
+        paho's `loop_read`, again while a TLS socket holds decrypted bytes; a failure ends
+        the connection."""
         paho_client = self._paho
         try:
             while self._enabled and self._paused_fd is None and paho_client is not None:
