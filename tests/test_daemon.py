@@ -177,31 +177,64 @@ async def test_without_a_broker_the_embedded_one_is_used(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("mqtt_version", "receive_maximum", "inbox_max_bytes"),
+    [("5", 20, None), ("3.1.1", 20, None), ("5", 5_000, 8 * 1024)],
+    ids=["messages-mqtt5", "messages-mqtt311", "bytes-mqtt5"],
+)
 async def test_a_resumed_backlog_stays_bounded_in_the_daemon(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    mqtt_version: MqttVersion,
+    receive_maximum: int,
+    inbox_max_bytes: int | None,
 ) -> None:
-    """Mosquitto sends a resumed session's whole backlog at once; the daemon holds 20.
+    """Mosquitto sends a resumed session's whole backlog at once; the daemon's inbox stays small.
 
-    1. run the daemon once (Receive Maximum 20) so the session exists, stop it;
-    2. publish 300 envelopes while it is down;
-    3. restart: the subscriber stops reading the socket at 20 queued messages and resumes
-       as it drains them, so aiomqtt's queue never holds more than 20;
-    4. all 300 envelopes are ingested.
+    1. run the daemon once so the session exists, stop it;
+    2. publish 5,000 envelopes while it is down;
+    3. restart: the subscriber stops reading the socket when aiomqtt's queue holds
+       `receive_maximum` messages or the inbox's bytes (one batch's, `batch_max_bytes`),
+       and reads again below half, so the queue never holds more than that (by bytes:
+       more by at most the one message read last);
+    4. all 5,000 envelopes are ingested, each once.
     """
+    backlog = 5_000
     config = daemon_config(mosquitto, tmp_path)
     config = dataclasses.replace(
-        config, broker=dataclasses.replace(config.broker, receive_maximum=20)
+        config,
+        broker=dataclasses.replace(
+            config.broker, receive_maximum=receive_maximum, mqtt_version=mqtt_version
+        ),
     )
+    if inbox_max_bytes is not None:
+        config = dataclasses.replace(
+            config, ingest=dataclasses.replace(config.ingest, batch_max_bytes=inbox_max_bytes)
+        )
     async with running_daemon(config) as daemon:
         await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
-    await publish(mosquitto.port, [envelope(seq) for seq in range(300)])
+    payloads = [envelope(seq) for seq in range(backlog)]
+    await publish(mosquitto.port, payloads)
     async with running_daemon(config) as daemon:
-        await processed(daemon, 300)
+        await processed(daemon, backlog)
         subscriber = daemon.subscriber
         assert subscriber is not None
         metrics = await scrape(daemon.metrics_address)
-    assert 0 < subscriber.inbox_peak <= 20
-    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 300
+    print(
+        f"inbox peak with a {backlog}-message backlog: {subscriber.inbox_peak} messages,"
+        f" {subscriber.inbox_peak_bytes} bytes"
+    )
+    if inbox_max_bytes is None:
+        assert 0 < subscriber.inbox_peak <= receive_maximum
+    else:
+        assert 1 < subscriber.inbox_peak < receive_maximum
+        assert subscriber.inbox_peak_bytes <= inbox_max_bytes + max(map(len, payloads))
+    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == backlog
+    seqs = [
+        msgpack.unpackb(record.payload)["seq"]
+        for record in ArchiveReader(config.archive.directory).records()
+    ]
+    assert sorted(seqs) == list(range(backlog))
 
 
 @pytest.mark.asyncio
