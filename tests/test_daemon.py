@@ -13,6 +13,7 @@ from groundstation.archive import ArchiveReader
 from groundstation.cli.replay import replay
 from groundstation.config import MqttVersion, Overrides, load_config
 from groundstation.daemon import running_daemon
+from groundstation.mqtt import STABLE_CONNECTION_S
 from tests.daemon_support import (
     HK_BATTERY_VOLTAGE_V,
     HK_PER_ENVELOPE,
@@ -119,6 +120,57 @@ async def test_reconnects_after_the_broker_restarts(mosquitto: Mosquitto, tmp_pa
     assert (
         metrics['gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'] == HK_PER_ENVELOPE
     )
+
+
+@pytest.mark.asyncio
+async def test_repeated_broker_restarts_reset_the_backoff_and_report_the_outage(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Connection health tells the truth across broker restarts, and waits do not grow.
+
+    1. start the daemon (reconnect backoff 1 s .. 30 s) against Mosquitto;
+    2. three times: once it has been connected for longer than STABLE_CONNECTION_S, stop
+       Mosquitto; for 1.2 s (the first backoff wait is 0.5-1 s) sample /healthz and
+       gs_mqtt_connected: every sample says disconnected; start Mosquitto again;
+    3. the first wait after each outage is drawn from the first step, [0.5, 1] s: a
+       connection that was up for a while resets the backoff (without the reset the
+       third outage would start at 2-4 s);
+    4. an envelope published at the end is ingested.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config,
+        broker=dataclasses.replace(config.broker, reconnect_min_s=1.0, reconnect_max_s=30.0),
+    )
+    first_waits: list[float] = []
+    samples: list[tuple[int, float]] = []
+    async with running_daemon(config) as daemon:
+        subscriber = daemon.subscriber
+        assert subscriber is not None and daemon.metrics_address is not None
+        host, port = daemon.metrics_address
+        for _ in range(3):
+            await subscriber.connected_event.wait()
+            await asyncio.sleep(STABLE_CONNECTION_S + 0.5)
+            retries_before = len(subscriber.retry_delays_s)
+            await asyncio.to_thread(mosquitto.stop)
+            outage_ends = asyncio.get_running_loop().time() + 1.2
+            while asyncio.get_running_loop().time() < outage_ends:
+                status, _ = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
+                connected = (await scrape(daemon.metrics_address))["gs_mqtt_connected{}"]
+                samples.append((status, connected))
+                await asyncio.sleep(0.05)
+            first_waits.append(subscriber.retry_delays_s[retries_before])
+            await asyncio.to_thread(mosquitto.start)
+        await subscriber.connected_event.wait()
+        await publish(mosquitto.port, [envelope(0)])
+        await processed(daemon, 1)
+        metrics = await scrape(daemon.metrics_address)
+    print(f"first backoff wait after each outage: {first_waits}; samples: {len(samples)}")
+    assert len(samples) >= 30
+    assert all(sample == (503, 0) for sample in samples), samples
+    assert all(0.5 <= wait <= 1.0 for wait in first_waits), first_waits
+    assert metrics["gs_mqtt_reconnects_total{}"] == 3
+    assert metrics["gs_mqtt_connected{}"] == 1
 
 
 @pytest.mark.asyncio
