@@ -166,7 +166,9 @@ class Daemon:
             # Everything queued is archived and acknowledged: only its metrics are lost,
             # and `groundstation replay` still counts it.
             self.drain_outcome = DrainOutcome(
-                seconds=time.monotonic() - started, timed_out=True, left_undecoded=self._ingest_queue.depth
+                seconds=time.monotonic() - started,
+                timed_out=True,
+                left_undecoded=self._ingest_queue.depth,
             )
             logger.warning(
                 "shutdown drain exceeded %.1f s; %d archived envelopes left undecoded",

@@ -764,7 +764,9 @@ class DecodeWorker:
                 lanes.create_task(self._lane(lane))
 
     async def _lane(self, lane: int) -> None:
-        while batch := await self._ingest_queue.take(self._batch_max_envelopes, self._batch_max_bytes):
+        while batch := await self._ingest_queue.take(
+            self._batch_max_envelopes, self._batch_max_bytes
+        ):
             # No await between taking and sending: batches reach the child in queue order.
             number = self._batches_sent
             self._batches_sent += 1

@@ -146,7 +146,8 @@ async def test_repeated_broker_restarts_reset_the_backoff_and_report_the_outage(
     samples: list[tuple[int, float]] = []
     async with running_daemon(config) as daemon:
         subscriber = daemon.subscriber
-        assert subscriber is not None and daemon.metrics_address is not None
+        assert subscriber is not None
+        assert daemon.metrics_address is not None
         host, port = daemon.metrics_address
         for _ in range(3):
             await subscriber.connected_event.wait()
