@@ -125,6 +125,7 @@ class _ReadGate:
         self.failed: asyncio.Future[None] = self._loop.create_future()
         self.peak_messages = 0
         self.peak_bytes = 0
+        self._puts = 0  # messages ever put in the inbox: did a read bring one?
 
     def attach(self, paho_client: paho.Client) -> None:
         self._paho = paho_client
@@ -135,6 +136,7 @@ class _ReadGate:
         self._paused_fd = None
 
     def after_put(self, messages: int, size: int) -> None:
+        self._puts += 1
         self.peak_messages = max(self.peak_messages, messages)
         self.peak_bytes = max(self.peak_bytes, size)
         if not self._enabled or self._paused_fd is not None or self._paho is None:
@@ -159,13 +161,18 @@ class _ReadGate:
     def _read(self) -> None:
         """What aiomqtt's reader does (the callback it adds when paho opens the socket):
         paho's `loop_read`, again while a TLS socket holds decrypted bytes; a failure ends
-        the connection."""
+        the connection. And again while each call brings a message, up to the high mark:
+        paho reads one packet per call, and one event-loop turn per message of a backlog
+        costs more than the message's parsing."""
         paho_client = self._paho
         try:
             while self._enabled and self._paused_fd is None and paho_client is not None:
+                puts = self._puts
                 paho_client.loop_read()
                 sock = paho_client.socket()
-                if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                if sock is None:
+                    break
+                if self._puts == puts and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     break
         except Exception as error:  # as aiomqtt's: a failure here means the link is broken
             sock = paho_client.socket() if paho_client is not None else None
