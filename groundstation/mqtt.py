@@ -265,6 +265,10 @@ class _Connection:
         if self.next_message is not None:
             # A message it already took stays unacknowledged: redelivered next session.
             self.next_message.cancel()
+        if self.gate.failed.done():
+            self.gate.failed.exception()  # seen: the session ended on this or another error
+        else:
+            self.gate.failed.cancel()
 
 
 class Subscriber(Generic[_T]):
