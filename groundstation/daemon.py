@@ -78,7 +78,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         self._stop_receiving = asyncio.Event()
         self._stopping = False
-        self._queue = IngestQueue(
+        self._ingest_queue = IngestQueue(
             max_envelopes=config.ingest.queue_max_envelopes,
             max_bytes=config.ingest.queue_max_bytes,
         )
@@ -92,7 +92,7 @@ class Daemon:
         )
         self.worker = DecodeWorker(
             self.pipeline,
-            self._queue,
+            self._ingest_queue,
             initial=Telemetry(self.dictionaries).snapshot(),
             batch_max_envelopes=config.ingest.batch_max_envelopes,
             batch_max_bytes=config.ingest.batch_max_bytes,
@@ -116,7 +116,7 @@ class Daemon:
         return PipelineStatus(
             mqtt_connected=bool(subscriber and subscriber.connected),
             reconnects_total=subscriber.reconnects_total if subscriber else 0,
-            queue_depth=self._queue.depth,
+            queue_depth=self._ingest_queue.depth,
             archive_damaged_records=self.resume_scan.damaged_records,
             archive_damaged_bytes=self.resume_scan.damaged_bytes,
         )
@@ -153,7 +153,7 @@ class Daemon:
             stack.push_async_callback(asyncio.to_thread, writer.close)
             sink = ArchivingSink(
                 writer,
-                self._queue,
+                self._ingest_queue,
                 max_payload_bytes=config.ingest.max_payload_bytes,
                 vehicles=self.dictionaries,
                 max_clock_skew_s=config.ingest.max_clock_skew_s,
@@ -186,24 +186,26 @@ class Daemon:
         """Stop receiving, decode what is queued, all within shutdown_timeout_s."""
         self._stopping = True
         timeout_s = self.config.ingest.shutdown_timeout_s
-        logger.info("shutting down: draining %d queued envelopes", self._queue.depth)
+        logger.info("shutting down: draining %d queued envelopes", self._ingest_queue.depth)
         self._stop_receiving.set()
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.wait([receiving])
-                await self._queue.close()
+                await self._ingest_queue.close()
                 await asyncio.wait([decoding])
         except TimeoutError:
             # Everything queued is archived and acknowledged: only its metrics are lost,
             # and `groundstation replay` still counts it.
             self.drain_outcome = DrainOutcome(
-                seconds=time.monotonic() - started, timed_out=True, left_undecoded=self._queue.depth
+                seconds=time.monotonic() - started,
+                timed_out=True,
+                left_undecoded=self._ingest_queue.depth,
             )
             logger.warning(
                 "shutdown drain exceeded %.1f s; %d archived envelopes left undecoded",
                 timeout_s,
-                self._queue.depth,
+                self._ingest_queue.depth,
             )
             receiving.cancel()
             decoding.cancel()

@@ -328,7 +328,7 @@ class ArchivingSink:
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
     ) -> None:
         self._writer = writer
-        self._queue = queue
+        self._ingest_queue = queue
         self._max_payload_bytes = max_payload_bytes
         self._max_clock_skew_s = max_clock_skew_s
         self._vehicles = frozenset(vehicles)
@@ -350,7 +350,7 @@ class ArchivingSink:
             return arrivals
 
     async def forward(self, stored: list[Arrival]) -> None:
-        await self._queue.put(stored)
+        await self._ingest_queue.put(stored)
 
     async def sync_if_due(self) -> None:
         async with self.lock:
@@ -826,7 +826,7 @@ class DecodeWorker:
         batch_max_bytes: int,
     ) -> None:
         self._pipeline = pipeline
-        self._queue = queue
+        self._ingest_queue = queue
         self._batch_max_envelopes = batch_max_envelopes
         self._batch_max_bytes = batch_max_bytes
         self.latest_snapshot = initial  # swapped whole; the collector reads it (STYLE 7)
@@ -842,7 +842,9 @@ class DecodeWorker:
                 lanes.create_task(self._lane(lane))
 
     async def _lane(self, lane: int) -> None:
-        while batch := await self._queue.take(self._batch_max_envelopes, self._batch_max_bytes):
+        while batch := await self._ingest_queue.take(
+            self._batch_max_envelopes, self._batch_max_bytes
+        ):
             # No await between taking and sending: batches reach the child in queue order.
             number = self._batches_sent
             self._batches_sent += 1

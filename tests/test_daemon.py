@@ -13,6 +13,7 @@ from groundstation.archive import ArchiveReader
 from groundstation.cli.replay import replay
 from groundstation.config import MqttVersion, Overrides, load_config
 from groundstation.daemon import running_daemon
+from groundstation.mqtt import STABLE_CONNECTION_S
 from tests.daemon_support import (
     HK_BATTERY_VOLTAGE_V,
     HK_PER_ENVELOPE,
@@ -123,6 +124,58 @@ async def test_reconnects_after_the_broker_restarts(mosquitto: Mosquitto, tmp_pa
 
 
 @pytest.mark.asyncio
+async def test_repeated_broker_restarts_reset_the_backoff_and_report_the_outage(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Connection health tells the truth across broker restarts, and waits do not grow.
+
+    1. start the daemon (reconnect backoff 1 s .. 30 s) against Mosquitto;
+    2. three times: once it has been connected for longer than STABLE_CONNECTION_S, stop
+       Mosquitto; for 1.2 s (the first backoff wait is 0.5-1 s) sample /healthz and
+       gs_mqtt_connected: every sample says disconnected; start Mosquitto again;
+    3. the first wait after each outage is drawn from the first step, [0.5, 1] s: a
+       connection that was up for a while resets the backoff (without the reset the
+       third outage would start at 2-4 s);
+    4. an envelope published at the end is ingested.
+    """
+    config = daemon_config(mosquitto, tmp_path)
+    config = dataclasses.replace(
+        config,
+        broker=dataclasses.replace(config.broker, reconnect_min_s=1.0, reconnect_max_s=30.0),
+    )
+    first_waits: list[float] = []
+    samples: list[tuple[int, float]] = []
+    async with running_daemon(config) as daemon:
+        subscriber = daemon.subscriber
+        assert subscriber is not None
+        assert daemon.metrics_address is not None
+        host, port = daemon.metrics_address
+        for _ in range(3):
+            await subscriber.connected_event.wait()
+            await asyncio.sleep(STABLE_CONNECTION_S + 0.5)
+            retries_before = len(subscriber.retry_delays_s)
+            await asyncio.to_thread(mosquitto.stop)
+            outage_ends = asyncio.get_running_loop().time() + 1.2
+            while asyncio.get_running_loop().time() < outage_ends:
+                status, _ = await asyncio.to_thread(get, f"http://{host}:{port}/healthz")
+                connected = (await scrape(daemon.metrics_address))["gs_mqtt_connected{}"]
+                samples.append((status, connected))
+                await asyncio.sleep(0.05)
+            first_waits.append(subscriber.retry_delays_s[retries_before])
+            await asyncio.to_thread(mosquitto.start)
+        await subscriber.connected_event.wait()
+        await publish(mosquitto.port, [envelope(0)])
+        await processed(daemon, 1)
+        metrics = await scrape(daemon.metrics_address)
+    print(f"first backoff wait after each outage: {first_waits}; samples: {len(samples)}")
+    assert len(samples) >= 30
+    assert all(sample == (503, 0) for sample in samples), samples
+    assert all(0.5 <= wait <= 1.0 for wait in first_waits), first_waits
+    assert metrics["gs_mqtt_reconnects_total{}"] == 3
+    assert metrics["gs_mqtt_connected{}"] == 1
+
+
+@pytest.mark.asyncio
 async def test_restart_resumes_sequences_from_the_archive(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -178,31 +231,64 @@ async def test_without_a_broker_the_embedded_one_is_used(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("mqtt_version", "receive_maximum", "inbox_max_bytes"),
+    [("5", 20, None), ("3.1.1", 20, None), ("5", 5_000, 8 * 1024)],
+    ids=["messages-mqtt5", "messages-mqtt311", "bytes-mqtt5"],
+)
 async def test_a_resumed_backlog_stays_bounded_in_the_daemon(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    mqtt_version: MqttVersion,
+    receive_maximum: int,
+    inbox_max_bytes: int | None,
 ) -> None:
-    """Mosquitto sends a resumed session's whole backlog at once; the daemon holds 20.
+    """Mosquitto sends a resumed session's whole backlog at once; the daemon's inbox stays small.
 
-    1. run the daemon once (Receive Maximum 20) so the session exists, stop it;
-    2. publish 300 envelopes while it is down;
-    3. restart: the subscriber stops reading the socket at 20 queued messages and resumes
-       as it drains them, so aiomqtt's queue never holds more than 20;
-    4. all 300 envelopes are ingested.
+    1. run the daemon once so the session exists, stop it;
+    2. publish 5,000 envelopes while it is down;
+    3. restart: the subscriber stops reading the socket when aiomqtt's queue holds
+       `receive_maximum` messages or the inbox's bytes (one batch's, `batch_max_bytes`),
+       and reads again below half, so the queue never holds more than that (by bytes:
+       more by at most the one message read last);
+    4. all 5,000 envelopes are ingested, each once.
     """
+    backlog = 5_000
     config = daemon_config(mosquitto, tmp_path)
     config = dataclasses.replace(
-        config, broker=dataclasses.replace(config.broker, receive_maximum=20)
+        config,
+        broker=dataclasses.replace(
+            config.broker, receive_maximum=receive_maximum, mqtt_version=mqtt_version
+        ),
     )
+    if inbox_max_bytes is not None:
+        config = dataclasses.replace(
+            config, ingest=dataclasses.replace(config.ingest, batch_max_bytes=inbox_max_bytes)
+        )
     async with running_daemon(config) as daemon:
         await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
-    await publish(mosquitto.port, [envelope(seq) for seq in range(300)])
+    payloads = [envelope(seq) for seq in range(backlog)]
+    await publish(mosquitto.port, payloads)
     async with running_daemon(config) as daemon:
-        await processed(daemon, 300)
+        await processed(daemon, backlog)
         subscriber = daemon.subscriber
         assert subscriber is not None
         metrics = await scrape(daemon.metrics_address)
-    assert 0 < subscriber.inbox_peak <= 20
-    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 300
+    print(
+        f"inbox peak with a {backlog}-message backlog: {subscriber.inbox_peak} messages,"
+        f" {subscriber.inbox_peak_bytes} bytes"
+    )
+    if inbox_max_bytes is None:
+        assert 0 < subscriber.inbox_peak <= receive_maximum
+    else:
+        assert 1 < subscriber.inbox_peak < receive_maximum
+        assert subscriber.inbox_peak_bytes <= inbox_max_bytes + max(map(len, payloads))
+    assert metrics['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == backlog
+    seqs = [
+        msgpack.unpackb(record.payload)["seq"]
+        for record in ArchiveReader(config.archive.directory).records()
+    ]
+    assert sorted(seqs) == list(range(backlog))
 
 
 @pytest.mark.asyncio

@@ -1,20 +1,23 @@
-"""The subscriber's own PUBLISH parsing: hand-packed from the MQTT specs, checked against
-paho's parser, and the buffered socket that feeds it (no broker: a socket pair)."""
+"""The subscriber against a minimal broker on loopback, which sends hand-packed PUBLISHes
+(MQTT 3.1.1 and MQTT 5 section 3.3) and reads what comes back byte for byte: messages
+arrive as packed, and a PUBACK leaves only once the sink's `store` has returned."""
 
 from __future__ import annotations
 
-import select
-import socket
+import asyncio
+import contextlib
 import struct
-import threading
+from collections.abc import AsyncIterator
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from paho.mqtt import _packet as paho_packet
-from paho.mqtt.enums import MQTTProtocolVersion
 
-from groundstation.mqtt import _READ_CHUNK_BYTES, Received, _BufferedReads, parse_publish
+from groundstation.config import BrokerConfig, MqttVersion
+from groundstation.mqtt import Delivery, Subscriber
+from tests.services import LOOPBACK
+
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14
+# MQTT 5 properties: Payload Format Indicator (0x01) = 1, User Property (0x26) "k" = "v".
+PROPERTIES = b"\x01\x01" + b"\x26\x00\x01k\x00\x01v"
 
 
 def varint(value: int) -> bytes:
@@ -27,9 +30,7 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
-def publish(
-    topic: bytes, payload: bytes, *, qos: int = 1, mid: int = 1, properties: bytes | None = None
-) -> bytes:
+def publish(topic: bytes, payload: bytes, *, qos: int, mid: int, properties: bytes | None) -> bytes:
     """A PUBLISH packed by hand: fixed header, topic, packet id (QoS > 0), properties (MQTT 5)."""
     variable = struct.pack("!H", len(topic)) + topic
     if qos:
@@ -37,137 +38,124 @@ def publish(
     if properties is not None:
         variable += varint(len(properties)) + properties
     body = variable + payload
-    return bytes([0x30 | qos << 1]) + varint(len(body)) + body
+    return bytes([PUBLISH << 4 | qos << 1]) + varint(len(body)) + body
 
 
-# MQTT 5 properties: Payload Format Indicator (0x01) = 1, User Property (0x26) "k" = "v".
-PROPERTIES = b"\x01\x01" + b"\x26\x00\x01k\x00\x01v"
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One control packet: its type (the first byte's high nibble) and its body."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    return first >> 4, await reader.readexactly(length)
 
 
-@pytest.mark.parametrize(
-    ("packet", "mqtt5", "expected"),
-    [
-        (publish(b"mars/tm/ingenuity", b"\x81\xa1v\x01", mid=513), False,
-         Received("mars/tm/ingenuity", b"\x81\xa1v\x01", 1, 513)),
-        (publish(b"a/b", b"", qos=0), False, Received("a/b", b"", 0, 0)),
-        (publish(b"a/b", b"x" * 300, mid=65535, properties=PROPERTIES), True,
-         Received("a/b", b"x" * 300, 1, 65535)),
-        (publish(b"a/b", b"p", properties=b""), True, Received("a/b", b"p", 1, 1)),
-    ],
-)  # fmt: skip
-def test_parse_publish_reads_what_the_spec_packs(
-    packet: bytes, mqtt5: bool, expected: Received
+class MinimalBroker:
+    """Accepts one client: CONNACK, the PUBLISHes at once (as a resumed session's backlog
+    arrives), SUBACK granting QoS 1; records the packet id of every PUBACK it reads."""
+
+    def __init__(self, publishes: list[bytes], *, mqtt5: bool) -> None:
+        self._publishes = publishes
+        self._mqtt5 = mqtt5
+        self.pubacks: asyncio.Queue[int] = asyncio.Queue()
+        self.others: list[int] = []  # types of every other packet read
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        properties = b"\x00" if self._mqtt5 else b""
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            kind, _ = await read_packet(reader)
+            assert kind == CONNECT
+            connack = b"\x00\x00" + properties  # no session present, accepted
+            writer.write(bytes([CONNACK << 4, len(connack)]) + connack)
+            writer.write(b"".join(self._publishes))
+            await writer.drain()
+            while True:
+                kind, body = await read_packet(reader)
+                if kind == SUBSCRIBE:
+                    suback = body[:2] + properties + b"\x01"
+                    writer.write(bytes([SUBACK << 4, len(suback)]) + suback)
+                    await writer.drain()
+                elif kind == PUBACK:
+                    await self.pubacks.put(struct.unpack("!H", body[:2])[0])
+                else:
+                    self.others.append(kind)
+        writer.close()
+
+
+class GatedSink:
+    """A sink whose `store` waits until released, as an archive's fsync may."""
+
+    def __init__(self) -> None:
+        self.storing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stored: list[Delivery] = []
+
+    async def store(self, batch: list[Delivery]) -> list[Delivery]:
+        self.storing.set()
+        await self.release.wait()
+        self.stored.extend(batch)
+        return batch
+
+    async def forward(self, stored: list[Delivery]) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def serving(broker: MinimalBroker) -> AsyncIterator[int]:
+    server = await asyncio.start_server(broker.handle, LOOPBACK, 0)
+    async with server:
+        yield int(server.sockets[0].getsockname()[1])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mqtt_version", ["3.1.1", "5"])
+async def test_messages_arrive_as_packed_and_are_acked_only_after_store(
+    mqtt_version: MqttVersion,
 ) -> None:
-    data = b"\xd0\x00" + packet + b"\x40"  # a PINGRESP before, a PUBACK's first byte after
-    assert parse_publish(data, 2, len(data), mqtt5=mqtt5) == (expected, 2 + len(packet))
-    assert parse_publish(memoryview(data), 2, len(data), mqtt5=mqtt5) == (
-        expected,
-        2 + len(packet),
+    """1. the broker sends two QoS 1 PUBLISHes (ids 513 and 65535, MQTT 5 properties) and
+       one QoS 0, before the SUBACK;
+    2. while `store` is held, no PUBACK reaches the broker (0.5 s);
+    3. released: the broker reads PUBACKs for 513 and 65535, in that order, and none for
+       the QoS 0 message; the sink holds all three with topic, payload, QoS and id as packed.
+    """
+    mqtt5 = mqtt_version == "5"
+    properties = PROPERTIES if mqtt5 else None
+    expected = [
+        ("mars/tm/ingenuity", b"\x81\xa1v\x01", 1, 513),
+        ("mars/tm/perseverance", b"x" * 300, 1, 65535),
+        ("mars/tm/ingenuity", b"", 0, 0),
+    ]
+    broker = MinimalBroker(
+        [
+            publish(topic.encode(), payload, qos=qos, mid=mid, properties=properties)
+            for topic, payload, qos, mid in expected
+        ],
+        mqtt5=mqtt5,
     )
-
-
-@pytest.mark.parametrize(
-    "packet",
-    [
-        publish(b"a/b", b"p", qos=2),  # QoS 2: paho's to answer with PUBREC
-        b"\x40\x02\x00\x01",  # PUBACK
-        b"\xd0\x00",  # PINGRESP
-        publish(b"", b"p"),  # empty topic (an alias, never asked for)
-        publish(b"\xff\xfe", b"p"),  # topic not UTF-8
-        b"\x32\x01\x00",  # remaining length too short for a topic length
-        b"\x32\xff\xff\xff\xff\x01",  # remaining length of five bytes
-        b"\x32\x05\x00\x09abc",  # topic longer than the packet
-    ],
-)
-def test_parse_publish_leaves_everything_else_to_paho(packet: bytes) -> None:
-    assert parse_publish(packet, 0, len(packet), mqtt5=False) is None
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    topic=st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t),
-    payload=st.binary(max_size=2000),
-    header=st.tuples(st.integers(0, 1), st.integers(1, 65535), st.booleans()),
-    cut=st.integers(0, 3000),
-)
-def test_parse_publish_agrees_with_paho_and_waits_for_whole_packets(
-    topic: str, payload: bytes, header: tuple[int, int, bool], cut: int
-) -> None:
-    qos, mid, mqtt5 = header
-    packet = publish(
-        topic.encode(), payload, qos=qos, mid=mid, properties=PROPERTIES if mqtt5 else None
-    )
-    parsed = parse_publish(packet, 0, len(packet), mqtt5=mqtt5)
-    assert parsed is not None
-    message, end = parsed
-    assert end == len(packet)
-    header_bytes = 1 + len(varint(len(packet) - 1 - len(varint(len(packet)))))
-    protocol = MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311
-    theirs = paho_packet.decode_publish(packet[0], packet[header_bytes:], protocol)
-    assert (message.topic.encode(), message.payload, message.qos, message.mid) == (
-        theirs.topic,
-        theirs.payload,
-        theirs.qos,
-        theirs.mid,
-    )
-    if cut < len(packet):  # any prefix is not yet a packet
-        assert parse_publish(packet, 0, cut, mqtt5=mqtt5) is None
-
-
-def socket_pair() -> tuple[socket.socket, socket.socket]:
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    return ours, theirs
-
-
-def test_buffered_reads_join_a_publish_split_across_reads() -> None:
-    ours, theirs = socket_pair()
-    with ours, theirs:
-        reads = _BufferedReads(ours)
-        first, second = publish(b"t/1", b"a" * 1000), publish(b"t/2", b"b" * 5000, mid=2)
-        theirs.sendall(first + second[:100])
-        assert reads.take_publish(mqtt5=False) == Received("t/1", b"a" * 1000, 1, 1)
-        assert reads.take_publish(mqtt5=False) is None  # half a PUBLISH: nothing yet
-        assert reads.pending() == 100
-        theirs.sendall(second[100:])
-        assert reads.take_publish(mqtt5=False) == Received("t/2", b"b" * 5000, 1, 2)
-        assert reads.take_publish(mqtt5=False) is None
-        assert reads.pending() == 0
-
-
-def test_buffered_reads_leave_other_packets_and_huge_publishes_to_paho() -> None:
-    ours, theirs = socket_pair()
-    with ours, theirs:
-        reads = _BufferedReads(ours)
-        huge = publish(b"t/h", b"h" * (3 * _READ_CHUNK_BYTES))  # more than the buffer holds
-        # More than a socket pair buffers: sent while we read.
-        sender = threading.Thread(target=theirs.sendall, args=(b"\xd0\x00" + huge,))
-        sender.start()
-        select.select([ours], [], [], 10.0)  # the first bytes are there
-        # A PINGRESP first: not ours. paho reads it through `recv`, byte by byte.
-        assert reads.take_publish(mqtt5=False) is None
-        assert reads.recv(1) + reads.recv(1) == b"\xd0\x00"
-        # The huge PUBLISH cannot be whole in the buffer: paho gets it, in order and whole.
-        assert reads.take_publish(mqtt5=False) is None
-        got = b""
-        while len(got) < len(huge):
-            try:
-                got += reads.recv(len(huge) - len(got))
-            except BlockingIOError:
-                select.select([ours], [], [], 1.0)  # nothing yet: the sender is still sending
-        sender.join()
-        assert got == huge
-
-
-def test_buffered_reads_report_the_end_of_the_stream_as_a_socket_does() -> None:
-    ours, theirs = socket_pair()
-    with ours:
-        reads = _BufferedReads(ours)
-        theirs.sendall(publish(b"t/1", b"x")[:5])
-        theirs.close()
-        assert reads.take_publish(mqtt5=False) is None
-        assert reads.recv(100) == publish(b"t/1", b"x")[:5]
-        assert reads.recv(100) == b""  # paho reads this as the connection lost
-    idle, peer = socket_pair()
-    with idle, peer, pytest.raises(BlockingIOError):  # nothing to read yet, as a socket says
-        _BufferedReads(idle).recv(1)
+    sink = GatedSink()
+    stop = asyncio.Event()
+    async with serving(broker) as port:
+        config = BrokerConfig(
+            host=LOOPBACK, port=port, mqtt_version=mqtt_version, client_id="ack-test"
+        )
+        subscriber = Subscriber(config, sink, batch_max_messages=100, batch_max_bytes=1 << 20)
+        running = asyncio.create_task(subscriber.run(stop))
+        try:
+            await asyncio.wait_for(sink.storing.wait(), 10)
+            await asyncio.sleep(0.5)
+            assert broker.pubacks.empty(), "a PUBACK left before the archive returned"
+            sink.release.set()
+            acked = [await asyncio.wait_for(broker.pubacks.get(), 10) for _ in range(2)]
+            await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+    assert acked == [513, 65535]
+    assert broker.pubacks.empty()
+    assert broker.others == [DISCONNECT]  # on stop, after the PUBACKs
+    stored = [(d.topic, d.payload, d.qos, d.mid) for d in sink.stored]
+    assert stored == expected
