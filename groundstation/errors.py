@@ -17,3 +17,13 @@ class DefinitionError(GroundstationError):
 
 class UnknownVehicleError(GroundstationError):
     """A vehicle name that has no packet dictionary."""
+
+
+class AddressInUseError(GroundstationError):
+    """A listening socket (metrics HTTP, embedded broker) could not bind: the port is taken."""
+
+    def __init__(self, *, service: str, host: str, port: int) -> None:
+        super().__init__(f"{service} address {host}:{port} is already in use")
+        self.service = service
+        self.host = host
+        self.port = port

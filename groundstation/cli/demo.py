@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 from groundstation.broker import quiet_broker_logs
+from groundstation.cli.run import first_error, options_named
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
 from simulators.run import SimulationOptions, simulate
@@ -57,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
         config, broker=dataclasses.replace(config.broker, port=args.mqtt_port)
     )
     quiet_broker_logs()
-    asyncio.run(run_demo(config, speed=args.speed))
+    with options_named(metrics="--metrics-addr", MQTT="--mqtt-port"):
+        asyncio.run(run_demo(config, speed=args.speed))
     return 0
 
 
@@ -83,6 +85,11 @@ async def run_demo(config: Config, *, speed: float) -> None:
             )
             await daemon.shutdown.wait()
             simulator.cancel()
+    except BaseExceptionGroup as group:
+        error = first_error(group)
+        if error is None:
+            raise
+        raise error from group
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
