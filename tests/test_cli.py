@@ -6,10 +6,12 @@ import fcntl
 import json
 import os
 import pty
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +246,36 @@ def on_a_terminal(command: list[str]) -> str:
             chunks.append(chunk)
         assert process.wait(timeout=60) == 0
     return b"".join(chunks).decode(errors="replace")
+
+
+def test_demo_says_where_it_archives_and_leaves_no_archive_behind(tmp_path: Path) -> None:
+    """No --archive-dir: the log names a temporary directory, removed on exit; cwd untouched."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        mqtt_port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "groundstation", "demo", "--mqtt-port", str(mqtt_port),
+               "--metrics-addr", "127.0.0.1:0", "--speed", "20"]  # fmt: skip
+    with subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "demo: flight 3 in a loop" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        lines.extend(process.stderr)
+        assert process.wait(timeout=60) == 0, "".join(lines)
+    archive_lines = [line for line in lines if "demo: archive in " in line]
+    assert len(archive_lines) == 1, "".join(lines)
+    archive = Path(archive_lines[0].split("demo: archive in ")[1].split(" (")[0])
+    assert archive.is_relative_to(tempfile.gettempdir())
+    assert "removed on exit" in archive_lines[0]
+    assert not archive.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 from groundstation.broker import quiet_broker_logs
@@ -42,17 +43,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--archive-dir",
         type=Path,
-        default=Path("archive"),
         metavar="DIR",
-        help="raw archive directory (default ./archive)",
+        help="raw archive directory, kept (default: a temporary directory, removed on exit)",
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.archive_dir is not None:
+        logger.info("demo: archive in %s (kept)", args.archive_dir)
+        return _run(args, args.archive_dir)
+    # Nothing left behind in the working directory: the archive goes when the demo does.
+    with tempfile.TemporaryDirectory(prefix="groundstation-demo-") as temporary:
+        logger.info(
+            "demo: archive in %s (temporary, removed on exit; keep one with --archive-dir)",
+            temporary,
+        )
+        return _run(args, Path(temporary))
+
+
+def _run(args: argparse.Namespace, archive_dir: Path) -> int:
     config = load_config(
         None,
         env=os.environ,
-        overrides=Overrides(metrics_addr=args.metrics_addr, archive_dir=args.archive_dir),
+        overrides=Overrides(metrics_addr=args.metrics_addr, archive_dir=archive_dir),
     )
     config = dataclasses.replace(
         config, broker=dataclasses.replace(config.broker, port=args.mqtt_port)
