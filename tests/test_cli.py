@@ -279,3 +279,28 @@ def test_demo_says_where_it_archives_and_leaves_no_archive_behind(tmp_path: Path
     assert "removed on exit" in archive_lines[0]
     assert not archive.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["flight3"], "packet/s"),
+        (["stress", "--packets", "300000", "--rate", "1000000"], "100%"),
+        (["stress", "--duration", "0.2", "--rate", "1000000"], "100%"),
+    ],
+)
+def test_simulator_output_and_stress_show_progress_on_a_terminal_only(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    """--output and stress: a tqdm bar on a terminal (rate; total and time left when known)."""
+    simulator = "import sys; from simulators.cli import main; sys.exit(main())"
+    command = [sys.executable, "-c", simulator, *args, "--output", str(tmp_path / "out")]
+    piped = subprocess.run(
+        command, check=False, capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == ""
+    shown = on_a_terminal(command)
+    assert f"groundstation-sim {args[0]}" in shown
+    assert expected in shown
+    assert "/s" in shown
