@@ -1,7 +1,7 @@
 """The embedded MQTT broker (amqtt), bound to loopback: the demo's and a bare `run`'s default.
 
 It speaks MQTT 3.1.1 only, keeps sessions in memory and is about 3x slower than Mosquitto
-(docs/performance.md); production uses Mosquitto (deploy/). Persistent sessions
+on loopback; production uses Mosquitto (deploy/). Persistent sessions
 still work while it runs, which is all a single-machine demo needs.
 """
 
