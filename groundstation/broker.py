@@ -7,14 +7,17 @@ still work while it runs, which is all a single-machine demo needs.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from amqtt.broker import Broker
+from amqtt.errors import BrokerError
 
 from groundstation.config import LOOPBACK
+from groundstation.errors import AddressInUseError
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +42,27 @@ def broker_settings(*, port: int) -> dict[str, Any]:
     }
 
 
+def _drop_startup_traceback(record: logging.LogRecord) -> bool:
+    return record.msg != "Broker startup failed"
+
+
 @asynccontextmanager
 async def embedded_broker(*, port: int) -> AsyncIterator[None]:
     """Run amqtt on LOOPBACK:port for the duration of the block."""
     broker = Broker(broker_settings(port=port))
-    await broker.start()
+    startup_log = logging.getLogger("amqtt.broker")
+    # amqtt logs its own traceback before raising; the error below carries the same news.
+    startup_log.addFilter(_drop_startup_traceback)
+    try:
+        await broker.start()
+    except BrokerError as error:
+        # amqtt wraps the listener's bind error: BrokerError from OSError.
+        cause = error.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            raise AddressInUseError(service="MQTT", host=LOOPBACK, port=port) from error
+        raise
+    finally:
+        startup_log.removeFilter(_drop_startup_traceback)
     logger.info("embedded MQTT broker (amqtt) listening on %s:%d", LOOPBACK, port)
     try:
         yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from groundstation.archive import ArchiveWriter, directory_lock
 from groundstation.broker import embedded_broker
 from groundstation.config import Config
 from groundstation.definitions import load_dictionaries
+from groundstation.errors import AddressInUseError
 from groundstation.history.writer import HistoryCollector, HistoryWriter
 from groundstation.metrics import PipelineStatus, TelemetryCollector
 from groundstation.mqtt import Subscriber
@@ -247,13 +249,20 @@ class Daemon:
             )
         ProcessCollector(registry=self.registry)
         app = _with_healthz(make_wsgi_app(self.registry), self.health)
-        server: WSGIServer = make_server(
-            self.config.metrics.host,
-            self.config.metrics.port,
-            app,
-            _ThreadingWSGIServer,
-            handler_class=_QuietRequestHandler,
-        )
+        try:
+            server: WSGIServer = make_server(
+                self.config.metrics.host,
+                self.config.metrics.port,
+                app,
+                _ThreadingWSGIServer,
+                handler_class=_QuietRequestHandler,
+            )
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise AddressInUseError(
+                service="metrics", host=self.config.metrics.host, port=self.config.metrics.port
+            ) from error
         thread = threading.Thread(
             target=server.serve_forever,
             # shutdown() waits up to one poll interval (0.5 s by default) for the thread.

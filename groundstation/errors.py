@@ -21,3 +21,13 @@ class UnknownVehicleError(GroundstationError):
 
 class ArchiveInUseError(GroundstationError):
     """Another daemon holds the archive directory: two writers would interleave segments."""
+
+
+class AddressInUseError(GroundstationError):
+    """A listening socket (metrics HTTP, embedded broker) could not bind: the port is taken."""
+
+    def __init__(self, *, service: str, host: str, port: int) -> None:
+        super().__init__(f"{service} address {host}:{port} is already in use")
+        self.service = service
+        self.host = host
+        self.port = port

@@ -4,15 +4,19 @@ Pure: a DecodeResult in, plain dicts out (no clock, no I/O). Values follow ICD s
 calibrated numbers, enums as their names (a value outside the table as its number), flag
 bytes as integers, IMU axes as lists of 10 numbers, event text as a string. JSON has no
 NaN or infinity, so a non-finite number (possible in an f32 field) is written as null.
+Numbers carry the precision of their type: the shortest repr of a float32, the decimals
+of a scale.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from groundstation.decoder import MALFORMED, RESULTS, ApidColumns, DecodeResult
 from groundstation.definitions import FieldDef, VehicleDictionary
@@ -91,10 +95,30 @@ def _ok_rows(result: DecodeResult, dictionary: VehicleDictionary) -> _Rows:
 def _json_fields(columns: ApidColumns, dictionary: VehicleDictionary) -> dict[str, list[Any]]:
     """Each column as a list of JSON values, converted column by column (tolist is fast)."""
     packet = dictionary.packets[columns.apid]
-    return {
-        name: [_json_value(value, packet.field(name)) for value in values.tolist()]
-        for name, values in columns.fields.items()
-    }
+    fields: dict[str, list[Any]] = {}
+    for name, values in columns.fields.items():
+        field = packet.field(name)
+        fields[name] = [_json_value(value, field) for value in _as_precise(values, field).tolist()]
+    return fields
+
+
+def _as_precise(values: NDArray[Any], field: FieldDef) -> NDArray[Any]:
+    """Values carrying only the precision of their type, so JSON prints -27.3, not float noise.
+
+    An f32 field goes through numpy's shortest round-trip repr of the float32; a scaled
+    integer is rounded to the decimals of its scale (raw x 0.001 has three).
+    """
+    if field.type == "f32":
+        return values.astype(np.float32).astype(str).astype(np.float64)
+    if field.scale is not None:
+        return np.round(values, _decimals(field.scale))
+    return values
+
+
+def _decimals(scale: float) -> int:
+    """Decimal places of a scale as written in the dictionary: 0.001 -> 3, 0.5 -> 1, 2 -> 0."""
+    exponent = Decimal(repr(scale)).as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def _json_value(value: Any, field: FieldDef) -> Any:

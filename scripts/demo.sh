@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/groundstation ]; then
+  # Debian splits `python3 -m venv` (ensurepip) into python3-venv.
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "demo: python3 -m venv needs Debian's python3-venv: sudo apt-get install python3-venv" >&2
+      exit 1
+    fi
+    echo "demo: installing python3-venv from Debian's packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi

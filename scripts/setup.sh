@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for the ground station: system services the tests use
-# (Mosquitto, Prometheus, plus openssl and systemd-analyze for the deploy tests, from
-# Debian's packages) and a virtualenv in .venv with the
+# (Mosquitto, Prometheus, plus openssl and systemd-analyze for the deploy tests, and
+# python3-venv for the virtualenv, from Debian's packages) and a virtualenv in .venv with the
 # project and its test/benchmark extras. Idempotent: skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ have prometheus || missing+=(prometheus)
 have promtool || missing+=(prometheus)
 have systemd-analyze || missing+=(systemd)
 have openssl || missing+=(openssl)
+# Debian splits `python3 -m venv` (ensurepip) into python3-venv.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian's packages" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -16,8 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final
 
+from groundstation.cli.progress import progress_bar
 from groundstation.config import parse_broker_url
 from groundstation.errors import ConfigError, GroundstationError
 from simulators.delivery import Delivery
@@ -29,8 +30,6 @@ from simulators.stress import DEFAULT_MIX, parse_mix
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
 ENV_PASSWORD: Final = "GROUNDSTATION_SIM_PASSWORD"
-PROGRESS_AFTER_S: Final = 2.0
-PROGRESS_EVERY_S: Final = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the JSON report here ('-' = stdout; default DIR/report.json with "
         "--output, stdout when publishing)",
     )
-    report.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    report.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (there is none off a terminal)",
+    )
     report.add_argument(
         "--log-level",
         default="WARNING",
@@ -240,32 +243,40 @@ def options_from_args(args: argparse.Namespace) -> SimulationOptions:
 
 
 class Progress:
-    """One progress line on stderr, redrawn in place on a terminal, at most once a second."""
+    """A progress bar on stderr (groundstation.cli.progress): on a terminal only.
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    Stress with --packets counts packets against N, stress with --duration seconds against
+    the duration (packet time when paced by --rate, wall-clock time flat out); a flight
+    profile counts packets, with their rate.
+    """
+
+    def __init__(self, options: SimulationOptions) -> None:
         self.started = time.monotonic()
-        self.shown = self.started
-        self.drawn = False
+        self.options = options
+        stress = options.profile == STRESS
+        self.by_packets = not stress or options.stress_packets is not None
+        total: float | None = None
+        if stress:
+            total = options.stress_packets if self.by_packets else options.stress_duration_s
+        self.bar = progress_bar(
+            total=total,
+            unit="packet" if self.by_packets else "s",
+            description=f"groundstation-sim {options.profile}",
+        )
 
     def __call__(self, simulation: Simulation, delivery: Delivery) -> None:
-        now = time.monotonic()
-        if now - self.started < PROGRESS_AFTER_S or now - self.shown < PROGRESS_EVERY_S:
-            return
-        self.shown = now
-        builder = simulation.report_builder
-        line = (
-            f"groundstation-sim: {builder.envelopes} envelopes, {builder.packets} packets, "
-            f"simulated t+{delivery.send_at_s:.1f} s, {now - self.started:.0f} s elapsed"
-        )
-        tty = self.stream.isatty()
-        self.stream.write(f"\r{line}\x1b[K" if tty else f"{line}\n")
-        self.stream.flush()
-        self.drawn = tty
+        if self.by_packets:
+            done = float(simulation.report_builder.packets)
+        elif self.options.rate_pps is not None:
+            done = delivery.send_at_s
+        else:
+            done = time.monotonic() - self.started
+        if self.bar.total is not None:
+            done = min(done, self.bar.total)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
+        self.bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,9 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    progress = None if args.quiet else Progress(sys.stderr)
+    progress: Progress | None = None
     try:
         options = options_from_args(args)
+        progress = None if args.quiet else Progress(options)
         report = asyncio.run(simulate(options, on_sent=progress))
     except GroundstationError as error:
         print(f"groundstation-sim: {error}", file=sys.stderr)

@@ -45,17 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mars relay telemetry ground station (see README.md and docs/icd.md).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_log_level(parser, default="INFO")
+    # Accepted after the subcommand too; SUPPRESS keeps the top-level value unless given.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_log_level(common, default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
+        _load(name).add_arguments(sub)
+    return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=default,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default INFO); logs go to stderr",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, summary in SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=summary, description=summary)
-        _load(name).add_arguments(sub)
-    return parser
 
 
 def configure_logging(level: str) -> None:

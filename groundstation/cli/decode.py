@@ -9,19 +9,17 @@ one line and exits 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import logging
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
 
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionary
+from groundstation.cli.output import add_format_argument, quiet_broken_pipe, write_json, write_jsonl
+from groundstation.decoder import MALFORMED, UNKNOWN_APID, DecodeResult, PacketDecoder
+from groundstation.definitions import load_dictionaries, load_dictionary
 from groundstation.records import packet_records, summary
 
-FORMATS = ("jsonl", "summary")
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vehicle", required=True, help="packet dictionary to use (ingenuity, perseverance)"
     )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="jsonl",
-        help="jsonl: one object per packet (default); summary: counts and throughput",
-    )
+    add_format_argument(parser, summary="counts and throughput, as one JSON object")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -46,19 +39,29 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()  # the clock lives here, not in the decoder
     result = decoder.decode([data])
     elapsed = time.perf_counter() - started
-    if args.format == "summary":
-        return _write(sys.stdout, [summary([result], decode_seconds=elapsed)])
-    return _write(sys.stdout, packet_records(result, dictionary))
-
-
-def _write(stream: TextIO, records: Iterable[dict[str, Any]]) -> int:
-    """One compact JSON object per line; a reader that hangs up early (| head) is fine."""
-    try:
-        for record in records:
-            stream.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
-        stream.flush()
-    except BrokenPipeError:
-        # Python's documented idiom: point stdout at devnull so the exit flush is quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
+    warn_if_other_vehicle(result, args.vehicle)
+    with quiet_broken_pipe(sys.stdout):
+        if args.format == "summary":
+            write_json(sys.stdout, summary([result], decode_seconds=elapsed))
+        else:
+            write_jsonl(sys.stdout, packet_records(result, dictionary))
     return 0
+
+
+def warn_if_other_vehicle(result: DecodeResult, vehicle: str) -> None:
+    """No packet is in the chosen dictionary: say whose APIDs they are (a wrong --vehicle)."""
+    unknown = result.result == UNKNOWN_APID
+    if not unknown.any() or (result.result[~unknown] != MALFORMED).any():
+        return
+    apids = set(result.apid[unknown].tolist())
+    owners = [
+        name
+        for name, dictionary in load_dictionaries().items()
+        if name != vehicle and apids & dictionary.packets.keys()
+    ]
+    logger.warning(
+        "no packet matched the %s dictionary (APIDs %s)%s",
+        vehicle,
+        ", ".join(str(apid) for apid in sorted(apids)),
+        f"; they are {' and '.join(owners)}'s: try --vehicle {owners[0]}" if owners else "",
+    )

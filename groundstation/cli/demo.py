@@ -12,10 +12,11 @@ import dataclasses
 import logging
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 from groundstation.broker import quiet_broker_logs
-from groundstation.cli.run import add_history_argument
+from groundstation.cli.run import add_history_argument, first_error, options_named
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
 from simulators.run import SimulationOptions, simulate
@@ -42,20 +43,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--archive-dir",
         type=Path,
-        default=Path("archive"),
         metavar="DIR",
-        help="raw archive directory (default ./archive)",
+        help="raw archive directory, kept (default: a temporary directory, removed on exit)",
     )
     add_history_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.archive_dir is not None:
+        logger.info("demo: archive in %s (kept)", args.archive_dir)
+        return _run(args, args.archive_dir)
+    # Nothing left behind in the working directory: the archive goes when the demo does.
+    with tempfile.TemporaryDirectory(prefix="groundstation-demo-") as temporary:
+        logger.info(
+            "demo: archive in %s (temporary, removed on exit; keep one with --archive-dir)",
+            temporary,
+        )
+        return _run(args, Path(temporary))
+
+
+def _run(args: argparse.Namespace, archive_dir: Path) -> int:
     config = load_config(
         None,
         env=os.environ,
         overrides=Overrides(
             metrics_addr=args.metrics_addr,
-            archive_dir=args.archive_dir,
+            archive_dir=archive_dir,
             history_url=args.history_url,
         ),
     )
@@ -63,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
         config, broker=dataclasses.replace(config.broker, port=args.mqtt_port)
     )
     quiet_broker_logs()
-    asyncio.run(run_demo(config, speed=args.speed))
+    with options_named(metrics="--metrics-addr", MQTT="--mqtt-port"):
+        asyncio.run(run_demo(config, speed=args.speed))
     return 0
 
 
@@ -89,6 +103,11 @@ async def run_demo(config: Config, *, speed: float) -> None:
             )
             await daemon.shutdown.wait()
             simulator.cancel()
+    except BaseExceptionGroup as group:
+        error = first_error(group)
+        if error is None:
+            raise
+        raise error from group
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -8,15 +8,16 @@ counts equal the live ones by construction (packets of a redelivered envelope co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from groundstation import records
-from groundstation.archive import ArchiveReader
+from groundstation.archive import ArchiveReader, ArchiveRecord, list_segments
+from groundstation.cli.output import add_format_argument, quiet_broken_pipe, write_json, write_jsonl
+from groundstation.cli.progress import archive_progress
 from groundstation.cli.run import add_history_argument
 from groundstation.config import Config, Overrides, load_config
 from groundstation.definitions import VehicleDictionary, load_dictionaries
@@ -29,11 +30,10 @@ from groundstation.telemetry import Telemetry, TelemetrySnapshot
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("archive_dir", type=Path, metavar="ARCHIVE_DIR")
-    parser.add_argument(
-        "--format",
-        choices=["jsonl", "summary"],
-        default="summary",
-        help="jsonl: one object per packet; summary: the counters, as JSON (default)",
+    add_format_argument(
+        parser,
+        summary="the archive's read statistics and the counters, as one JSON object;"
+        " jsonl records add vehicle and envelope_seq",
     )
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="the daemon's TOML file (ingest limits)"
@@ -42,23 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if not args.archive_dir.is_dir():
-        raise ConfigError(f"{args.archive_dir}: no such archive directory")
+    segments = archive_segments(args.archive_dir)
     config = load_config(
         args.config, env=os.environ, overrides=Overrides(history_url=args.history_url)
     )
-    summary = replay(
-        args.archive_dir,
-        max_payload_bytes=config.ingest.max_payload_bytes,
-        max_clock_skew_s=config.ingest.max_clock_skew_s,
-        batch_size=config.ingest.batch_max_envelopes,
-        jsonl=sys.stdout if args.format == "jsonl" else None,
-    )
-    if config.history.url is not None:
-        summary["history"] = write_history(args.archive_dir, config)
-    if args.format == "summary":
-        json.dump(summary, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+    with quiet_broken_pipe(sys.stdout):
+        summary = replay(
+            args.archive_dir,
+            max_payload_bytes=config.ingest.max_payload_bytes,
+            max_clock_skew_s=config.ingest.max_clock_skew_s,
+            batch_size=config.ingest.batch_max_envelopes,
+            jsonl=sys.stdout if args.format == "jsonl" else None,
+            progress_total_bytes=sum(path.stat().st_size for path in segments),
+        )
+        if config.history.url is not None:
+            summary["history"] = write_history(args.archive_dir, config)
+        if args.format == "summary":
+            write_json(sys.stdout, summary)
     return 0
 
 
@@ -75,6 +75,21 @@ def write_history(directory: Path, config: Config) -> dict[str, int]:
     return dict(writer.status.samples.items())
 
 
+def archive_segments(directory: Path) -> list[Path]:
+    """The archive's segments; a missing, non-directory or segment-less path is an error."""
+    if not directory.exists():
+        raise ConfigError(f"{directory}: no such archive directory")
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: not a directory (replay reads an archive directory)")
+    segments = list_segments(directory)
+    if not segments:
+        raise ConfigError(
+            f"{directory}: no archive segment (segment-NNNNNNNNNN.gsa) found;"
+            " is this the daemon's --archive-dir?"
+        )
+    return segments
+
+
 def replay(
     directory: Path,
     *,
@@ -82,6 +97,7 @@ def replay(
     batch_size: int,
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
     jsonl: TextIO | None = None,
+    progress_total_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Decode the archive in arrival order; return the summary, write packets to `jsonl`.
 
@@ -91,17 +107,20 @@ def replay(
         dictionaries, telemetry=Telemetry(dictionaries), max_clock_skew_s=max_clock_skew_s
     )
     reader = ArchiveReader(directory)
+    archived: Iterable[ArchiveRecord] = reader.records()
+    if progress_total_bytes is not None:
+        archived = archive_progress(
+            archived, total_bytes=progress_total_bytes, description="replay"
+        )
     for decoded in replay_archive(
-        reader.records(),
+        archived,
         pipeline,
         max_payload_bytes=max_payload_bytes,
         batch_size=batch_size,
         max_clock_skew_s=max_clock_skew_s,
     ):
         if jsonl is not None:
-            for item in packet_records(decoded, dictionaries[decoded.vehicle]):
-                jsonl.write(json.dumps(item, allow_nan=False))
-                jsonl.write("\n")
+            write_jsonl(jsonl, packet_records(decoded, dictionaries[decoded.vehicle]))
     stats = reader.stats
     return {
         "archive": {

@@ -13,15 +13,13 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from groundstation.archive import ArchiveReader, ArchiveRecord, framed_size, list_segments
+from groundstation.archive import ArchiveReader, list_segments
+from groundstation.cli.progress import archive_progress
 from groundstation.config import load_config
 from groundstation.definitions import load_dictionaries
 from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
@@ -180,7 +178,8 @@ def read_flights(
     reader = ArchiveReader(directory)
     records = reader.records()
     if progress:
-        records = _with_progress(records, directory)
+        total = sum(path.stat().st_size for path in list_segments(directory))
+        records = archive_progress(records, total_bytes=total, description="report")
     for decoded in replay_archive(
         records,
         pipeline,
@@ -190,24 +189,3 @@ def read_flights(
     ):
         log.add(decoded.vehicle, decoded.result)
     return log.finish()
-
-
-def _with_progress(records: Iterator[ArchiveRecord], directory: Path) -> Iterator[ArchiveRecord]:
-    """A bar on stderr over the archive's bytes, with rate and time left."""
-    total = sum(path.stat().st_size for path in list_segments(directory))
-    # A terminal that reports no size (a bare pty) would hide tqdm's bar: shutil falls back
-    # to 80 x 24 there.
-    size = shutil.get_terminal_size()
-    with tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc="report",
-        file=sys.stderr,
-        leave=False,
-        ncols=size.columns,
-        nrows=size.lines,
-    ) as bar:
-        for record in records:
-            bar.update(framed_size(record))
-            yield record

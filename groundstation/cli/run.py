@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from groundstation.broker import quiet_broker_logs
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
-from groundstation.errors import GroundstationError
+from groundstation.errors import AddressInUseError, ConfigError, GroundstationError
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,19 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config.broker.embedded:
         quiet_broker_logs()
-    asyncio.run(run_daemon(config))
+    with options_named(metrics="--metrics-addr", MQTT="[broker] port in --config, or --broker URL"):
+        asyncio.run(run_daemon(config))
     return 0
+
+
+@contextlib.contextmanager
+def options_named(**option_of: str) -> Iterator[None]:
+    """A port in use becomes one line naming the address and the option that changes it."""
+    try:
+        yield
+    except AddressInUseError as error:
+        hint = option_of.get(error.service)
+        raise ConfigError(f"{error}; choose another with {hint}" if hint else str(error)) from None
 
 
 async def run_daemon(config: Config) -> None:
@@ -78,7 +91,7 @@ async def run_daemon(config: Config) -> None:
     try:
         await daemon.run()
     except BaseExceptionGroup as group:
-        error = _first_error(group)
+        error = first_error(group)
         if error is None:
             raise
         raise error from group
@@ -92,10 +105,10 @@ def _request_shutdown(daemon: Daemon, signum: int) -> None:
     daemon.shutdown.set()
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+def first_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The task group's first configuration or I/O error, for __main__'s one-line message."""
     for member in group.exceptions:
-        error = _first_error(member) if isinstance(member, BaseExceptionGroup) else member
+        error = first_error(member) if isinstance(member, BaseExceptionGroup) else member
         if isinstance(error, GroundstationError | OSError):
             return error
     return None
