@@ -25,11 +25,13 @@ from groundstation.sequence import SEQ_WINDOW, SequenceResult, SequenceWindow
 
 __all__ = [
     "DECODE_BUCKETS_S",
+    "HEALTH_FAMILIES",
     "LATENCY_BUCKETS_S",
     "MAX_RELAYS_PER_VEHICLE",
     "MAX_UNKNOWN_APID_LABELS",
     "NO_APID_LABEL",
     "OTHER_APID_LABEL",
+    "POSITION_FAMILIES",
     "TELEMETRY_FAMILIES",
     "VIBRATION_WINDOW_S",
     "FamilySamples",
@@ -247,7 +249,7 @@ RELAYED_PACKETS: Final = _counter(
     help="Packets the HBS says it relayed since its boot (HBS_LINK packets_relayed).",
 )
 
-TELEMETRY_FAMILIES: Final = (
+HEALTH_FAMILIES: Final = (
     BATTERY_VOLTAGE,
     BATTERY_CURRENT,
     BATTERY_CHARGE,
@@ -260,6 +262,10 @@ TELEMETRY_FAMILIES: Final = (
     LINK_UP,
     RELAY_BUFFER,
     VIBRATION_RMS,
+)
+"""ICD section 5, Health."""
+
+POSITION_FAMILIES: Final = (
     POSITION,
     VELOCITY,
     GROUND_SPEED,
@@ -269,6 +275,12 @@ TELEMETRY_FAMILIES: Final = (
     RANGE_TO_ROVER,
     FLIGHT_DISTANCE,
     ODOMETRY,
+)
+"""ICD section 5, Position."""
+
+TELEMETRY_FAMILIES: Final = (
+    *HEALTH_FAMILIES,
+    *POSITION_FAMILIES,
     ENVELOPES,
     ENVELOPES_LOST,
     PACKETS,

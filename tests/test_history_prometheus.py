@@ -369,7 +369,7 @@ def test_replay_with_history_url_writes_the_archive(
     """`groundstation replay ARCHIVE --history-url URL`: the archive's history, once."""
     flight = fly(tmp_path, start_time=time.time() - 3 * HOUR_S, arrive_after_s=HOUR_S)
     command = [sys.executable, "-m", "groundstation", "replay", str(flight.archive)]
-    command += ["--history-url", f"{prometheus.url}/api/v1/write"]
+    command += ["--format", "summary", "--history-url", f"{prometheus.url}/api/v1/write"]
     completed = subprocess.run(command, capture_output=True, check=False, cwd=REPO, timeout=120)
     assert completed.returncode == 0, completed.stderr.decode()
     summary = json.loads(completed.stdout)

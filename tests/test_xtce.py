@@ -425,7 +425,9 @@ def same_value(type_name: str, ours: Any, theirs: Any) -> bool:
     if type_name == "f32":
         return bool(np.float32(ours) == np.float32(float(theirs)))
     if isinstance(ours, float):
-        return ours == float(theirs)  # the same IEEE product raw × scale in float64
+        # raw × scale, which our records print at the scale's precision (30.993, not
+        # 30.993000000000002): equal to far below the type's resolution.
+        return math.isclose(ours, float(theirs), rel_tol=1e-12, abs_tol=1e-12)
     return bool(ours == int(theirs))
 
 

@@ -12,8 +12,11 @@ from tqdm import tqdm
 from groundstation.archive import ArchiveRecord, framed_size
 
 
-def progress_bar(*, total: float | None, unit: str, description: str) -> tqdm[Any]:
-    """A tqdm bar on stderr with rate and time left; disabled (a no-op) off a terminal."""
+def progress_bar(
+    *, total: float | None, unit: str, description: str, enabled: bool | None = None
+) -> tqdm[Any]:
+    """A tqdm bar on stderr with rate and time left; by default a no-op off a terminal."""
+    size = shutil.get_terminal_size()
     return tqdm(
         total=total,
         unit=unit,
@@ -21,18 +24,23 @@ def progress_bar(*, total: float | None, unit: str, description: str) -> tqdm[An
         unit_divisor=1024 if unit == "B" else 1000,
         desc=description,
         file=sys.stderr,
-        disable=not sys.stderr.isatty(),
+        disable=not (sys.stderr.isatty() if enabled is None else enabled),
         # A terminal that reports no size (a bare pty) would hide the bar; shutil falls back
-        # to 80 columns there.
-        ncols=shutil.get_terminal_size().columns,
+        # to 80 x 24 there.
+        ncols=size.columns,
+        nrows=size.lines,
     )
 
 
 def archive_progress(
-    records: Iterable[ArchiveRecord], *, total_bytes: int, description: str
+    records: Iterable[ArchiveRecord],
+    *,
+    total_bytes: int,
+    description: str,
+    enabled: bool | None = None,
 ) -> Iterator[ArchiveRecord]:
     """The records, advancing a bar over the archive's bytes as each is read."""
-    with progress_bar(total=total_bytes, unit="B", description=description) as bar:
+    with progress_bar(total=total_bytes, unit="B", description=description, enabled=enabled) as bar:
         for record in records:
             bar.update(framed_size(record))
             yield record

@@ -179,7 +179,7 @@ def read_flights(
     records = reader.records()
     if progress:
         total = sum(path.stat().st_size for path in list_segments(directory))
-        records = archive_progress(records, total_bytes=total, description="report")
+        records = archive_progress(records, total_bytes=total, description="report", enabled=True)
     for decoded in replay_archive(
         records,
         pipeline,

@@ -22,26 +22,10 @@ from groundstation.decoder import ApidColumns
 from groundstation.definitions import PacketDef, VehicleDictionary
 from groundstation.pipeline import Decoded
 from groundstation.telemetry import (
-    ALTITUDE,
-    ATTITUDE,
-    BATTERY_CHARGE,
-    BATTERY_CURRENT,
-    BATTERY_VOLTAGE,
-    FAULT_ACTIVE,
     FLIGHT_DISTANCE,
-    GROUND_SPEED,
-    HEADING,
-    LINK_QUALITY,
-    LINK_RSSI,
-    LINK_UP,
-    ODOMETRY,
-    POSITION,
+    HEALTH_FAMILIES,
+    POSITION_FAMILIES,
     RANGE_TO_ROVER,
-    RELAY_BUFFER,
-    ROTOR_SPEED,
-    TEMPERATURE,
-    VEHICLE_MODE,
-    VELOCITY,
     VIBRATION_RMS,
     FamilySpec,
     FlightTrack,
@@ -59,33 +43,7 @@ __all__ = [
 ]
 
 TIMELINE_LABEL: Final = ("timeline", "spacecraft")
-HISTORY_FAMILIES: Final = frozenset(
-    {
-        # ICD section 5, Health.
-        BATTERY_VOLTAGE,
-        BATTERY_CURRENT,
-        BATTERY_CHARGE,
-        TEMPERATURE,
-        ROTOR_SPEED,
-        VEHICLE_MODE,
-        FAULT_ACTIVE,
-        LINK_RSSI,
-        LINK_QUALITY,
-        LINK_UP,
-        RELAY_BUFFER,
-        VIBRATION_RMS,
-        # ICD section 5, Position.
-        POSITION,
-        VELOCITY,
-        GROUND_SPEED,
-        ATTITUDE,
-        HEADING,
-        ALTITUDE,
-        RANGE_TO_ROVER,
-        FLIGHT_DISTANCE,
-        ODOMETRY,
-    }
-)
+HISTORY_FAMILIES: Final = frozenset((*HEALTH_FAMILIES, *POSITION_FAMILIES))
 """What ICD section 7 writes; nothing of Link and pipeline, none of the extra gauges."""
 # Rover positions kept to find the newest at or before each helicopter position: 1 Hz,
 # so about 12 days.
