@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,16 +351,7 @@ async def test_daemon_writes_the_history_of_a_stored_flight(
             await asyncio.sleep(0.2)
         assert metrics["gs_history_up{}"] == 1.0
         assert metrics['gs_history_samples_total{result="backfill"}'] == 0.0
-    hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
-    nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
-    for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
-        answer = prometheus.api(
-            "query",
-            query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
-            time=f"{start + 1800:.3f}",
-        )
-        [item] = answer["data"]["result"]
-        assert int(item["value"][1]) == expected, name
+    assert_hk_and_nav_counts(prometheus, report, start=start)
 
 
 def test_replay_with_history_url_writes_the_archive(
@@ -418,16 +409,7 @@ async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
                 assert time.monotonic() < deadline, metrics
                 await asyncio.sleep(0.2)
                 metrics = await scrape(daemon.metrics_address)
-        hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
-        nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
-        for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
-            answer = server.api(
-                "query",
-                query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
-                time=f"{start + 1800:.3f}",
-            )
-            [item] = answer["data"]["result"]
-            assert int(item["value"][1]) == expected, name
+        assert_hk_and_nav_counts(server, report, start=start)
     finally:
         server.stop()
 
@@ -482,3 +464,19 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
         assert stored() == envelopes * HK_PER_ENVELOPE
     finally:
         server.stop()
+
+
+def assert_hk_and_nav_counts(
+    server: PrometheusServer, report: Mapping[str, Any], *, start: float
+) -> None:
+    """Prometheus holds one HK and one NAV sample per ok packet the simulator reports."""
+    hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
+    nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
+    for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
+        answer = server.api(
+            "query",
+            query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
+            time=f"{start + 1800:.3f}",
+        )
+        [item] = answer["data"]["result"]
+        assert int(item["value"][1]) == expected, name
