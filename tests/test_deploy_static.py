@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +21,8 @@ import pytest
 import yaml
 
 from groundstation.config import IngestConfig
+from groundstation.history.samples import HISTORY_FAMILIES, TIMELINE_LABEL
+from groundstation.history.writer import Result
 from tests.services import find_binary
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -74,11 +77,19 @@ ICD_METRICS: Final[dict[str, frozenset[str]]] = {
         "gs_mqtt_connected": "",
         "gs_mqtt_reconnects_total": "",
         "gs_ingest_queue_depth": "",
+        # History (ICD section 7)
+        "gs_history_samples_total": "result",
+        "gs_history_lag_seconds": "",
+        "gs_history_up": "",
         # Prometheus's own per-target series.
         "up": "",
     }.items()
 }
 SCRAPE_LABELS: Final = frozenset({"job", "instance"})
+# ICD section 7: the history writer's series, the Health and Position families with one more
+# label (names, labels and the label's value from the writer's own code).
+TIMELINE, SPACECRAFT = TIMELINE_LABEL
+HISTORY_NAMES: Final = {family.name: frozenset(family.labels) for family in HISTORY_FAMILIES}
 # Label values that ICD sections 4 and 5 close (apid and fault are open or dictionary-made).
 ICD_LABEL_VALUES: Final[dict[str, frozenset[str]]] = {
     "vehicle": frozenset({"ingenuity", "perseverance", "unknown"}),
@@ -90,6 +101,12 @@ ICD_LABEL_VALUES: Final[dict[str, frozenset[str]]] = {
     "axis": frozenset({"x", "y", "z", "roll", "pitch", "yaw"}),
     "result": frozenset({"ok", "invalid", "crc_error", "malformed", "unknown_apid", "duplicate"}),
     "severity": frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "FATAL"}),
+    # "": the live (scraped) series, which have no timeline label.
+    TIMELINE: frozenset({SPACECRAFT, ""}),
+}
+# Closed values of one family's label where they differ from the label's elsewhere.
+FAMILY_LABEL_VALUES: Final[dict[tuple[str, str], frozenset[str]]] = {
+    ("gs_history_samples_total", "result"): frozenset(typing.get_args(Result)),
 }
 # Values decoded from telemetry (ICD section 5 Health and Position): they freeze when the
 # data stops, so every panel showing one must hide it once stale (docs/deploy.md).
@@ -109,6 +126,9 @@ TELEMETRY_GAUGES: Final = frozenset(
         "gs_mqtt_connected",
         "gs_mqtt_reconnects_total",
         "gs_ingest_queue_depth",
+        "gs_history_samples_total",
+        "gs_history_lag_seconds",
+        "gs_history_up",
     }
     and not name.startswith(("gs_packet_latency_seconds", "gs_decode_seconds"))
 )
@@ -179,10 +199,12 @@ def check_names(expr: str, *, recorded: set[str]) -> list[str]:
     ]
     for name, matchers in _SELECTOR.findall(expr):
         allowed = ICD_METRICS.get(name, frozenset())
+        if name in HISTORY_NAMES:
+            allowed |= {TIMELINE}
         for label, operator, value in _MATCHER.findall(matchers):
             if name in ICD_METRICS and label not in allowed | SCRAPE_LABELS:
                 problems.append(f"{name} has no label {label} in the ICD")
-            closed = ICD_LABEL_VALUES.get(label)
+            closed = FAMILY_LABEL_VALUES.get((name, label), ICD_LABEL_VALUES.get(label))
             if closed is not None and operator == "=" and value not in closed:
                 problems.append(f"{name}{{{label}={value!r}}}: not an ICD value of {label}")
     return problems
@@ -196,6 +218,27 @@ def test_name_checker_catches_what_it_should() -> None:
     assert check_names('gs_temperature_celsius{sensor="motor"}', recorded=set())
     assert check_names("vehicle:gs_x:ratio5m", recorded=set())
     assert check_names("vehicle:gs_x:ratio5m", recorded={"vehicle:gs_x:ratio5m"}) == []
+    assert check_names('gs_altitude_meters{timeline="spacecraft"}', recorded=set()) == []
+    assert check_names('gs_altitude_meters{timeline="ground"}', recorded=set())
+    assert check_names('gs_packets_total{timeline="spacecraft"}', recorded=set())
+    assert check_names('gs_history_samples_total{result="backfill"}', recorded=set()) == []
+    assert check_names('gs_history_samples_total{result="crc_error"}', recorded=set())
+
+
+def telemetry_selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
+    """(name, {label: value} of its `=` matchers) of every decoded-value selector in `expr`."""
+    found = []
+    for match in re.finditer(r"(?<![\w:$])(gs_\w+)(\{([^}]*)\})?", expr):
+        if match.group(1) in TELEMETRY_GAUGES:
+            matchers = _MATCHER.findall(match.group(3) or "")
+            found.append((match.group(1), {k: v for k, op, v in matchers if op == "="}))
+    return found
+
+
+def is_history(expr: str) -> bool:
+    """Every decoded value `expr` reads is a history series (ICD section 7)."""
+    selectors = telemetry_selectors(expr)
+    return bool(selectors) and all(m.get(TIMELINE) == SPACECRAFT for _, m in selectors)
 
 
 @pytest.mark.parametrize(("rule", "expr"), rule_exprs(), ids=[name for name, _ in rule_exprs()])
@@ -286,6 +329,20 @@ def test_prometheus_scrapes_the_daemon_and_loads_both_rule_files() -> None:
     )
 
 
+def test_prometheus_takes_relayed_history() -> None:
+    """An out-of-order window of at least a day (an orbiter pass comes up to about a day
+    after the data was taken) and at most Debian's default retention of 15 days, and
+    docs/deploy.md tells how to start the remote-write receiver and names the window."""
+    window = load_yaml(PROMETHEUS / "prometheus.yml")["storage"]["tsdb"]["out_of_order_time_window"]
+    match = re.fullmatch(r"(\d+)([hd])", window)
+    assert match, window
+    hours = int(match.group(1)) * (24 if match.group(2) == "d" else 1)
+    assert 24 <= hours <= 15 * 24
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert "--web.enable-remote-write-receiver" in docs
+    assert f"out_of_order_time_window: {window}" in docs
+
+
 def test_dashboards_are_complete_grafana_models() -> None:
     """Each dashboard: unique uid, schema 39+, the provisioned datasource, unique panel ids
     inside the 24-column grid with no two overlapping, and at least one query per panel,
@@ -330,13 +387,61 @@ def test_every_panel_says_stale_and_telemetry_values_are_gated() -> None:
         assert "stale_after_s" in variables
         for panel in dashboard_panels(dashboard):
             where = (path.name, panel["title"])
-            assert "STALE" in panel["fieldConfig"]["defaults"]["noValue"], where
+            history = all(is_history(target["expr"]) for target in panel["targets"])
+            no_value = panel["fieldConfig"]["defaults"]["noValue"]
+            assert ("No history" if history else "STALE") in no_value, where
             for target in panel["targets"]:
                 expr = target["expr"]
                 used = set(re.findall(r"\$\{?(\w+)", expr))
                 assert used <= DASHBOARD_VARIABLES, where
-                if set(_NAME.findall(expr)) & TELEMETRY_GAUGES:
+                if history:
+                    # A history sample does not freeze: it is the value at its own time.
+                    assert "gs_last_receive_time_seconds" not in expr, (where, expr)
+                elif set(_NAME.findall(expr)) & TELEMETRY_GAUGES:
                     assert expr.endswith(STALENESS_GATE), (where, expr)
+
+
+def test_live_panels_do_not_draw_the_history() -> None:
+    """A live panel's decoded values select `timeline=""`: the history series have the same
+    names and labels plus timeline="spacecraft", and would otherwise be drawn (and gated) too."""
+    for file, title, expr in dashboard_exprs():
+        if not is_history(expr):
+            for name, matchers in telemetry_selectors(expr):
+                assert matchers.get(TIMELINE) == "", (file, title, name, expr)
+
+
+def history_panels() -> list[dict[str, Any]]:
+    flight = json.loads((GRAFANA / "dashboards" / "flight.json").read_text())
+    return [
+        panel
+        for panel in dashboard_panels(flight)
+        if all(is_history(target["expr"]) for target in panel["targets"])
+    ]
+
+
+def test_flight_dashboard_draws_the_history_the_writer_writes() -> None:
+    """The Flight dashboard's history panels select only series the history writer writes:
+    HISTORY_FAMILIES' names and labels plus timeline="spacecraft" (ICD section 7), and show
+    the track, altitude, battery, speed, range, distance and mode at spacecraft time."""
+    panels = history_panels()
+    used: set[str] = set()
+    for panel in panels:
+        for target in panel["targets"]:
+            for name, matchers in telemetry_selectors(target["expr"]):
+                assert name in HISTORY_NAMES, (panel["title"], name)
+                assert set(matchers) <= HISTORY_NAMES[name] | {TIMELINE}, (panel["title"], name)
+                used.add(name)
+    assert {
+        "gs_position_meters",
+        "gs_altitude_meters",
+        "gs_battery_voltage_volts",
+        "gs_battery_charge_ratio",
+        "gs_ground_speed_meters_per_second",
+        "gs_range_to_rover_meters",
+        "gs_flight_distance_meters",
+        "gs_vehicle_mode",
+    } <= used
+    assert any(panel["type"] == "xychart" for panel in panels)
 
 
 def test_dashboards_show_what_the_issue_lists() -> None:

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
+from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, list_segments
 from groundstation.config import ArchiveConfig, HistoryConfig
 from groundstation.daemon import running_daemon
 from groundstation.decoder import PacketDecoder
@@ -53,6 +54,7 @@ from tests.reliability_support import DaemonProcess, total
 from tests.reliability_support import running_daemon as running_process
 from tests.services import Mosquitto
 from tests.test_daemon_flight import envelopes_published, simulator_options
+from tests.test_deploy_static import history_panels
 from tests.test_prometheus_live import PrometheusServer
 
 pytestmark = [pytest.mark.integration]
@@ -141,7 +143,7 @@ def prometheus_with_receiver(workdir: Path, *, window: str) -> PrometheusServer:
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
-    server = prometheus_with_receiver(tmp_path / "prometheus", window="6h")
+    server = prometheus_with_receiver(tmp_path / "prometheus", window=shipped_window())
     yield server
     server.stop()
 
@@ -216,6 +218,18 @@ def test_flight3_history_at_spacecraft_time(tmp_path: Path, prometheus: Promethe
     assert rover == pytest.approx(85.0, abs=1.0)
     values = stored(prometheus, flight)
     assert sum(map(len, values.values())) == writer.status.samples["ok"]
+    # Every query of the Flight dashboard's history row draws this flight.
+    for panel in history_panels():
+        for target in panel["targets"]:
+            answer = prometheus.api(
+                "query_range",
+                query=target["expr"],
+                start=f"{flight.start:.3f}",
+                end=f"{flight.end:.3f}",
+                step="1",
+            )
+            assert answer["status"] == "success", (panel["title"], answer)
+            assert answer["data"]["result"], (panel["title"], target["expr"])
     assert not writer.catch_up()  # caught up: nothing new
     (flight.archive / POSITION_FILE).unlink()
     again = writer_for(flight.archive, prometheus)
@@ -255,8 +269,16 @@ def test_prometheus_down_mid_stream_loses_nothing(
     assert counts(prometheus, flight) == flight.expected
 
 
+def shipped_window() -> str:
+    """The out-of-order window of deploy/prometheus/prometheus.yml: the tests' receiver
+    takes what the operators' does."""
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    window: str = config["storage"]["tsdb"]["out_of_order_time_window"]
+    return window
+
+
 def prometheus_config() -> dict[str, Any]:
-    return {"global": {}, "storage": {"tsdb": {"out_of_order_time_window": "6h"}}}
+    return {"global": {}, "storage": {"tsdb": {"out_of_order_time_window": shipped_window()}}}
 
 
 def test_samples_older_than_the_window_are_left_for_backfill(tmp_path: Path) -> None:
@@ -418,7 +440,7 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
     """`groundstation run` with [history], 3,000 HK envelopes (9,000 packets) archived, the
     process killed with -9 while the writer is part way; restarted, it resumes from its
     position: every packet's samples are in Prometheus."""
-    server = prometheus_with_receiver(tmp_path / "prometheus", window="6h")
+    server = prometheus_with_receiver(tmp_path / "prometheus", window=shipped_window())
     history = (
         f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
         "poll_interval_s = 0.2\n"
@@ -454,14 +476,88 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
 
         with running_process(daemon):
             # The restarted writer catches up from its position; what Prometheus holds is
-            # the figure (gs_history_lag_seconds can read 0 before the writer has caught up,
-            # since the restarted daemon's live path has received nothing yet).
+            # the figure (test_lag_after_a_restart_is_the_backlog checks the lag).
             deadline = time.monotonic() + 90
             while (count := stored()) < envelopes * HK_PER_ENVELOPE:
                 assert time.monotonic() < deadline, (count, daemon.log_tail())
                 time.sleep(0.2)
             daemon.stop()
         assert stored() == envelopes * HK_PER_ENVELOPE
+    finally:
+        server.stop()
+
+
+def test_lag_after_a_restart_is_the_backlog(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """`groundstation run`: 600 HK envelopes written, Prometheus stopped, 600 more archived,
+    the daemon restarted (its live path receives nothing): once the writer has looked at
+    the archive, before it has read the backlog, gs_history_lag_seconds is the receive
+    time of the archive's newest record minus that of the position's record, and stays so
+    while the receiver is down; once it is back the writer catches up, the lag reads 0
+    and Prometheus holds all 1,200 envelopes."""
+    server = prometheus_with_receiver(tmp_path / "prometheus", window=shipped_window())
+    history = (
+        f'[history]\nurl = "{server.url}/api/v1/write"\npoll_interval_s = 0.2\n'
+        "backoff_min_s = 0.1\nbackoff_max_s = 0.5\n"
+        # The writer reads 100 envelopes at a time: the backlog is more than its first read.
+        "[ingest]\nbatch_max_envelopes = 100\n"
+    )
+    daemon = DaemonProcess(
+        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
+    )
+    half = 600
+    first = time_of(int.from_bytes(hk_packet(0)[6:10], "big"), 0)
+
+    def stored() -> int:
+        answer = server.api(
+            "query",
+            query='count_over_time(gs_battery_voltage_volts{timeline="spacecraft"}[4h])',
+            time=f"{first + 2 * half * HK_PER_ENVELOPE + 10:.3f}",
+        )
+        return sum(int(item["value"][1]) for item in answer["data"]["result"])
+
+    def until(condition: Any, what: str, timeout_s: float = 60) -> dict[Any, float]:
+        deadline = time.monotonic() + timeout_s
+        while not condition(samples := daemon.scrape()):
+            assert time.monotonic() < deadline, (what, daemon.log_tail())
+            time.sleep(0.05)
+        return samples
+
+    try:
+        with running_process(daemon):
+            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(half))))
+            until(lambda m: total(m, "gs_envelopes_total", result="ok") == half, "archived")
+            until(lambda m: total(m, "gs_history_samples_total", result="ok") > 0, "written")
+            until(lambda m: total(m, "gs_history_lag_seconds") == 0.0, "caught up")
+            assert stored() == half * HK_PER_ENVELOPE
+            server.stop()
+            time.sleep(1.0)  # the backlog's receive times lie after the position's
+            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(half, 2 * half))))
+            until(lambda m: total(m, "gs_envelopes_total", result="ok") == 2 * half, "archived")
+            daemon.stop()
+        position = load_position(daemon.archive_dir)
+        assert position is not None
+        records = list(ArchiveReader(daemon.archive_dir).records())
+        assert len(records) == 2 * half
+        done = [p.name for p in list_segments(daemon.archive_dir)].index(position.segment)
+        before = sum(
+            1
+            for path in list_segments(daemon.archive_dir)[:done]
+            for _ in ArchiveReader(daemon.archive_dir).segment_records(path)
+        )
+        written = records[before + position.records - 1].received_at
+        backlog = records[-1].received_at - written
+        assert backlog > 1.0
+
+        with running_process(daemon):
+            # The metrics server starts before the writer's first look: wait for that look.
+            samples = until(lambda m: total(m, "gs_history_lag_seconds") > 0, "lag > 0", 30)
+            assert total(samples, "gs_history_lag_seconds") == pytest.approx(backlog, abs=1e-3)
+            samples = until(lambda m: total(m, "gs_history_up") == 0, "receiver down")
+            assert total(samples, "gs_history_lag_seconds") == pytest.approx(backlog, abs=1e-3)
+            server.start(prometheus_config())
+            until(lambda m: total(m, "gs_history_lag_seconds") == 0.0, "caught up again", 90)
+            assert stored() == 2 * half * HK_PER_ENVELOPE
+            daemon.stop()
     finally:
         server.stop()
 

@@ -129,6 +129,30 @@ def test_a_stop_while_retrying_leaves_the_position_behind(tmp_path: Path) -> Non
     assert history.status.lag_seconds() > 0
 
 
+def test_the_lag_is_the_whole_backlog_before_the_writer_has_read_it(tmp_path: Path) -> None:
+    """Receive times T0+3600+k over 3 segments of 4 (writer batches of 4): with 5 records
+    written (k = 0..4), a restarted writer whose receiver does not answer reports the
+    archive's newest (k = 11) minus the position's (k = 4), not just its first batch; with
+    no position, the newest minus the first; 0 before its first look and caught up."""
+    directory = archive(tmp_path / "archive", 12, segments=3)
+    down = Receiver(*[Verdict(status=None, body="refused")] * 100)
+    history = writer(directory, down, [])
+    assert history.status.lag_seconds() == 0.0  # before its first look
+    history._sleep = lambda seconds: True  # stopped while retrying its first request
+    assert history.catch_up()
+    assert load_position(directory) is None
+    assert history.status.lag_seconds() == 11.0
+    save_position(directory, Position("segment-0000000002.gsa", 1))  # records k = 0..4
+    restarted = writer(directory, Receiver(*[Verdict(status=503, body="busy")] * 100), [])
+    restarted._sleep = lambda seconds: True
+    assert restarted.catch_up()
+    assert restarted.status.lag_seconds() == 11.0 - 4.0
+    assert restarted.status.lag_seconds(newest_received=T0 + 3600 + 20) == 20.0 - 4.0
+    caught_up = writer(directory, Receiver(), [])
+    assert caught_up.catch_up()
+    assert caught_up.status.lag_seconds() == 0.0
+
+
 def test_a_restart_resumes_from_the_position_with_nothing_missing_or_repeated(
     tmp_path: Path,
 ) -> None:

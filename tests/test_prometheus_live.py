@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -27,7 +28,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from groundstation.config import Config, Overrides, load_config, parse_broker_url
+from groundstation.config import Config, HistoryConfig, Overrides, load_config, parse_broker_url
 from groundstation.daemon import Daemon, running_daemon
 from simulators.faults import FaultKind
 from simulators.run import SimulationOptions, simulate
@@ -39,7 +40,13 @@ from tests.test_deploy_mosquitto import (
     DeployedMosquitto,
     make_tls_files,
 )
-from tests.test_deploy_static import PROMETHEUS, dashboard_exprs, load_yaml, rule_groups
+from tests.test_deploy_static import (
+    PROMETHEUS,
+    dashboard_exprs,
+    is_history,
+    load_yaml,
+    rule_groups,
+)
 
 DEADLINE_S: Final = 45.0
 POLL_S: Final = 0.25
@@ -176,7 +183,11 @@ def expressions_that_need_data() -> dict[str, str]:
     """Label -> expression: every dashboard query, every recording rule, and every series
     selector inside the alert rules (the alerts themselves are quiet after a good flight)."""
     needed = {
-        f"dashboard {file} / {title}: {expr}": substituted(expr)
+        # A history query's samples lie at packet time, long before now: any data of the
+        # last hours counts (the history row is drawn over the flight's own time).
+        f"dashboard {file} / {title}: {expr}": (
+            f"last_over_time(({expr})[6h:10s])" if is_history(expr) else substituted(expr)
+        )
         for file, title, expr in dashboard_exprs()
     }
     for group in rule_groups():
@@ -216,9 +227,12 @@ def broker(tmp_path: Path) -> Iterator[DeployedMosquitto]:
         mosquitto.stop()
 
 
-def daemon_config(broker: DeployedMosquitto, tmp_path: Path) -> Config:
-    """The daemon logs in as `groundstation` (password from the environment, as deployed)."""
-    return load_config(
+def daemon_config(
+    broker: DeployedMosquitto, tmp_path: Path, *, history_url: str | None = None
+) -> Config:
+    """The daemon logs in as `groundstation` (password from the environment, as deployed);
+    with `history_url`, its history writer writes there (docs/deploy.md, step 4)."""
+    config = load_config(
         None,
         env={
             "GROUNDSTATION_MQTT_USERNAME": "groundstation",
@@ -231,11 +245,19 @@ def daemon_config(broker: DeployedMosquitto, tmp_path: Path) -> Config:
             client_id="gs-prometheus-live",
         ),
     )
+    if history_url is None:
+        return config
+    return dataclasses.replace(
+        config, history=HistoryConfig(url=history_url, poll_interval_s=0.2, backoff_max_s=1.0)
+    )
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
-    server = PrometheusServer(workdir=tmp_path / "prometheus")
+    # Started as docs/deploy.md step 4 says: with the history writer's receiver on.
+    server = PrometheusServer(
+        workdir=tmp_path / "prometheus", extra_args=("--web.enable-remote-write-receiver",)
+    )
     try:
         yield server
     finally:
@@ -321,14 +343,16 @@ async def test_every_dashboard_and_rule_expression_returns_data(
     broker: DeployedMosquitto, prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
     """Step by step: start Mosquitto on deploy/mosquitto's files and the daemon logged in
-    as `groundstation`; start Prometheus on the deploy config,
+    as `groundstation`, its history writer on; start Prometheus on the deploy config with
+    the remote-write receiver,
     scraping it every second and evaluating the deploy rules every second; wait for the
     first scrape; the simulator plays flight 3 back with faults through Mosquitto; wait
     until Prometheus has scraped the daemon's final envelope count; then every dashboard
     query, every recording rule and every series an alert reads must return data (none may
     error), every rule must evaluate healthily, InvalidEnvelopes must fire, and no alert
     but those the injected faults explain may be pending or firing."""
-    async with running_daemon(daemon_config(broker, tmp_path)) as daemon:
+    history_url = f"{prometheus.url}/api/v1/write"
+    async with running_daemon(daemon_config(broker, tmp_path, history_url=history_url)) as daemon:
         assert daemon.metrics_address is not None
         config = live_config(daemon_port=daemon.metrics_address[1], prometheus_port=prometheus.port)
         await asyncio.to_thread(prometheus.start, config)

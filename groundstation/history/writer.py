@@ -164,17 +164,32 @@ class HistoryStatus:
         self._lock = threading.Lock()
         self.samples: dict[Result, int] = {"ok": 0, "rejected": 0, "backfill": 0}
         self.up = False
-        self.newest_archived = 0.0  # receive time of the newest record seen in the archive
-        self.newest_written = 0.0  # receive time of the newest record whose samples are sent
+        # Receive time of the newest record known to be in the archive: the archive's last
+        # record when the writer started, then every record it reads.
+        self.newest_archived = 0.0
+        # Receive time of the newest record whose samples are answered; None until the
+        # writer has looked at the archive (then the position's record, or with no position
+        # the first record: lag is counted from where the writer stands).
+        self.newest_written: float | None = None
 
     def count(self, result: Result, samples: int) -> None:
         with self._lock:
             self.samples[result] += samples
 
+    def note(self, received_at: float, *, written: bool) -> None:
+        """A record's receive time: read (archived), or with its samples answered (written)."""
+        with self._lock:
+            self.newest_archived = max(self.newest_archived, received_at)
+            if written or self.newest_written is None:
+                self.newest_written = max(self.newest_written or received_at, received_at)
+
     def lag_seconds(self, *, newest_received: float = 0.0) -> float:
         """`newest_received`: the receive time of the newest envelope the daemon archived,
-        which the writer has not read yet while it waits for its receiver."""
+        which the writer has not read yet while it works through older records or waits
+        for its receiver. 0 until the writer has looked at the archive."""
         with self._lock:
+            if self.newest_written is None:
+                return 0.0
             newest = max(self.newest_archived, newest_received)
             return max(0.0, newest - self.newest_written)
 
@@ -282,6 +297,7 @@ class HistoryWriter:
         state (flight, held positions, the open vibration second) is then as if never stopped."""
         self._rebuilt = True
         saved = load_position(self.archive_dir)
+        self._note_backlog(saved)
         if saved is None:
             return
         reader = ArchiveReader(self.archive_dir)
@@ -303,10 +319,34 @@ class HistoryWriter:
         self._position = saved
 
     def _note_received(self, received_at: float, *, written: bool) -> None:
-        with self.status._lock:
-            self.status.newest_archived = max(self.status.newest_archived, received_at)
-            if written:
-                self.status.newest_written = max(self.status.newest_written, received_at)
+        self.status.note(received_at, written=written)
+
+    def _note_backlog(self, saved: Position | None) -> None:
+        """Before anything else at start: the receive times of the archive's newest record
+        and of the position's record, so that gs_history_lag_seconds is the backlog from
+        the first scrape on (the live path has received nothing yet after a restart)."""
+        reader = ArchiveReader(self.archive_dir)
+        segments = list_segments(self.archive_dir)
+        newest = None
+        for path in reversed(segments):
+            newest = max((r.received_at for r in reader.segment_records(path)), default=None)
+            if newest is not None:
+                break
+        if newest is None:
+            return  # an empty archive: the lag starts with the first record read
+        written = None
+        if saved is not None and any(path.name == saved.segment for path in segments):
+            done = zip(
+                range(saved.records),
+                reader.segment_records(self.archive_dir / saved.segment),
+                strict=False,
+            )
+            written = max((r.received_at for _, r in done), default=None)
+        if written is None:  # nothing written yet (or its segment is gone): from the first
+            first = next(reader.records(), None)
+            written = first.received_at if first is not None else newest
+        self._note_received(written, written=True)
+        self._note_received(newest, written=False)
 
     def _unread(self) -> Iterator[tuple[str, Iterator[tuple[int, ArchiveRecord]]]]:
         """Per segment from the position on: its name and its records not yet done."""
