@@ -574,3 +574,13 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
         [verify, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_rules_on_decoded_values_read_the_live_series() -> None:
+    """An alert or recording rule on a decoded value selects `timeline=""`: the history
+    series of the same name would otherwise fire a second copy of the alert, at spacecraft
+    time, while light time is shorter than the lookback."""
+    for rule, expr in rule_exprs():
+        for name, matchers in telemetry_selectors(expr):
+            if name in HISTORY_NAMES:
+                assert matchers.get(TIMELINE) == "", (rule, name, expr)
