@@ -130,12 +130,12 @@ async def test_repeated_broker_restarts_reset_the_backoff_and_report_the_outage(
     """Connection health tells the truth across broker restarts, and waits do not grow.
 
     1. start the daemon (reconnect backoff 1 s .. 30 s) against Mosquitto;
-    2. three times: once it has been connected for longer than STABLE_CONNECTION_S, stop
+    2. twice: once it has been connected for longer than STABLE_CONNECTION_S, stop
        Mosquitto; for 1.2 s (the first backoff wait is 0.5-1 s) sample /healthz and
        gs_mqtt_connected: every sample says disconnected; start Mosquitto again;
     3. the first wait after each outage is drawn from the first step, [0.5, 1] s: a
        connection that was up for a while resets the backoff (without the reset the
-       third outage would start at 2-4 s);
+       second outage would start at the second step, 1-2 s);
     4. an envelope published at the end is ingested.
     """
     config = daemon_config(mosquitto, tmp_path)
@@ -150,7 +150,7 @@ async def test_repeated_broker_restarts_reset_the_backoff_and_report_the_outage(
         assert subscriber is not None
         assert daemon.metrics_address is not None
         host, port = daemon.metrics_address
-        for _ in range(3):
+        for _ in range(2):
             await subscriber.connected_event.wait()
             await asyncio.sleep(STABLE_CONNECTION_S + 0.5)
             retries_before = len(subscriber.retry_delays_s)
@@ -168,10 +168,10 @@ async def test_repeated_broker_restarts_reset_the_backoff_and_report_the_outage(
         await processed(daemon, 1)
         metrics = await scrape(daemon.metrics_address)
     print(f"first backoff wait after each outage: {first_waits}; samples: {len(samples)}")
-    assert len(samples) >= 30
+    assert len(samples) >= 20
     assert all(sample == (503, 0) for sample in samples), samples
     assert all(0.5 <= wait <= 1.0 for wait in first_waits), first_waits
-    assert metrics["gs_mqtt_reconnects_total{}"] == 3
+    assert metrics["gs_mqtt_reconnects_total{}"] == 2
     assert metrics["gs_mqtt_connected{}"] == 1
 
 
