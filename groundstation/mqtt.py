@@ -45,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from groundstation.config import BrokerConfig, make_tls_context
+from groundstation.envelope import bad_topic_name
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,30 @@ def _paho(client: aiomqtt.Client) -> paho.Client:
     only private access to aiomqtt or paho in the code base; callers use paho's public API.
     """
     return client._client
+
+
+def _usable_topics(on_message: paho.CallbackOnMessage) -> paho.CallbackOnMessage:
+    """aiomqtt's message callback, given a topic name it accepts whatever bytes arrived.
+
+    paho decodes the topic name (`MQTTMessage.topic`) only when asked, and aiomqtt asks,
+    then refuses wildcards and empty names (`aiomqtt.Topic`). A broker that does not check
+    can send either, or bytes that are not UTF-8; the error raised inside paho's read ends
+    the connection before anything of that read is archived or acknowledged, and the
+    broker redelivers the same message on every reconnect. So such a name is replaced by
+    its placeholder (`bad_topic_name`, from the bytes the decode error carries), which the
+    archive keeps and validation counts invalid (ICD section 6, `bad_topic`).
+    """
+
+    def on_message_usable(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            aiomqtt.Topic(message.topic)
+        except UnicodeDecodeError as error:
+            message.topic = bad_topic_name(bytes(error.object)).encode()
+        except ValueError:
+            message.topic = bad_topic_name(message.topic.encode()).encode()
+        on_message(client, userdata, message)
+
+    return on_message_usable
 
 
 class _ReadGate:
@@ -257,6 +282,8 @@ class _Connection:
         (self.inbox,) = self._inboxes
         self.paho = _paho(self.client)
         self.paho.manual_ack_set(True)
+        if self.paho.on_message is not None:
+            self.paho.on_message = _usable_topics(self.paho.on_message)
         self.gate.attach(self.paho)
         self.next_message: asyncio.Task[aiomqtt.Message] | None = None
         self.connected_at: float | None = None  # monotonic, once CONNACK arrived
