@@ -73,6 +73,7 @@ ICD_METRICS: Final[dict[str, frozenset[str]]] = {
         "gs_decode_seconds_count": "",
         "gs_mqtt_connected": "",
         "gs_mqtt_reconnects_total": "",
+        "gs_mqtt_session_takeovers_total": "",
         "gs_ingest_queue_depth": "",
         # Prometheus's own per-target series.
         "up": "",
@@ -108,6 +109,7 @@ TELEMETRY_GAUGES: Final = frozenset(
         "gs_last_receive_time_seconds",
         "gs_mqtt_connected",
         "gs_mqtt_reconnects_total",
+        "gs_mqtt_session_takeovers_total",
         "gs_ingest_queue_depth",
     }
     and not name.startswith(("gs_packet_latency_seconds", "gs_decode_seconds"))
