@@ -121,6 +121,7 @@ class Daemon:
             queue_depth=self._ingest_queue.depth,
             archive_damaged_records=self.resume_scan.damaged_records,
             archive_damaged_bytes=self.resume_scan.damaged_bytes,
+            session_takeovers_total=subscriber.session_takeovers_total if subscriber else 0,
         )
 
     def health(self) -> Health:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Literal, TypeGuard
+from urllib.parse import quote_from_bytes
 
 import msgpack
 
@@ -46,7 +47,27 @@ InvalidReason = Literal[
     "topic_mismatch",
     "ert_before_epoch",
     "ert_in_future",
+    "bad_topic",
 ]
+
+# Topics beginning with `$` are the broker's own (MQTT 3.1.1 and 5, section 4.7.2), never
+# telemetry: this one marks a topic name that arrived unusable (`bad_topic_name`).
+BAD_TOPIC_PREFIX: Final = "$groundstation/bad-topic/"
+MAX_TOPIC_CHARS: Final = 65535  # an MQTT topic name's limit (a 16-bit length)
+
+
+def bad_topic_name(raw: bytes) -> str:
+    """What a topic name that is not a usable one (not UTF-8, a wildcard in it, empty) is
+    archived as: the prefix and its bytes percent-encoded (RFC 3986, so that
+    `urllib.parse.unquote_to_bytes` gives them back), cut at the topic length limit."""
+    return (BAD_TOPIC_PREFIX + quote_from_bytes(raw, safe="/"))[:MAX_TOPIC_CHARS]
+
+
+def check_topic(topic: str) -> Invalid | None:
+    """ICD section 6: a payload that arrived on an unusable topic name is invalid."""
+    if topic.startswith(BAD_TOPIC_PREFIX):
+        return Invalid(reason="bad_topic", detail=topic[len(BAD_TOPIC_PREFIX) :][:80])
+    return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -35,6 +35,7 @@ __all__ = [
     "INGEST_QUEUE_DEPTH",
     "MQTT_CONNECTED",
     "MQTT_RECONNECTS",
+    "MQTT_SESSION_TAKEOVERS",
     "PIPELINE_FAMILIES",
     "PipelineStatus",
     "TelemetryCollector",
@@ -51,6 +52,12 @@ MQTT_RECONNECTS: Final = FamilySpec(
     kind="counter",
     labels=(),
     help="Connections to the MQTT broker made after the first one.",
+)
+MQTT_SESSION_TAKEOVERS: Final = FamilySpec(
+    name="gs_mqtt_session_takeovers_total",
+    kind="counter",
+    labels=(),
+    help="MQTT sessions the broker ended because another client connected with our client id.",
 )
 INGEST_QUEUE_DEPTH: Final = FamilySpec(
     name="gs_ingest_queue_depth",
@@ -75,6 +82,7 @@ ARCHIVE_DAMAGED_BYTES: Final = FamilySpec(
 PIPELINE_FAMILIES: Final = (
     MQTT_CONNECTED,
     MQTT_RECONNECTS,
+    MQTT_SESSION_TAKEOVERS,
     INGEST_QUEUE_DEPTH,
     ARCHIVE_DAMAGED_RECORDS,
     ARCHIVE_DAMAGED_BYTES,
@@ -94,6 +102,7 @@ class PipelineStatus:
     queue_depth: int
     archive_damaged_records: int = 0  # found by the start-up resume scan
     archive_damaged_bytes: int = 0
+    session_takeovers_total: int = 0
 
 
 class TelemetryCollector(Collector):
@@ -118,6 +127,9 @@ class TelemetryCollector(Collector):
             yield _histogram_family(histogram)
         yield _value_family(FamilySamples(MQTT_CONNECTED, (((), float(status.mqtt_connected)),)))
         yield _value_family(FamilySamples(MQTT_RECONNECTS, (((), float(status.reconnects_total)),)))
+        yield _value_family(
+            FamilySamples(MQTT_SESSION_TAKEOVERS, (((), float(status.session_takeovers_total)),))
+        )
         yield _value_family(FamilySamples(INGEST_QUEUE_DEPTH, (((), float(status.queue_depth)),)))
         for spec, value in (
             (ARCHIVE_DAMAGED_RECORDS, status.archive_damaged_records),

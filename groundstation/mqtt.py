@@ -45,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from groundstation.config import BrokerConfig, make_tls_context
+from groundstation.envelope import bad_topic_name
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ QOS: Final = 1  # ICD section 2
 STABLE_CONNECTION_S: Final = 5.0
 _DISCARD_CHUNK_BYTES: Final = 1 << 20  # read size while waiting for the broker to close
 _SUBSCRIBE_FAILED: Final = 0x80  # SUBACK failure (MQTT 3.1.1 3.9.3; MQTT 5 codes >= 0x80)
+SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5 DISCONNECT reason code (section 3.14.2.1)
+_CLOSED_WITHOUT_DISCONNECT: Final = -1  # the link ended with no DISCONNECT from either side
 
 _T = TypeVar("_T")
 
@@ -85,6 +88,7 @@ class SubscriberStatus:
     connected: bool
     reconnects_total: int
     unacked_total: int  # acks that could not be sent: the connection dropped meanwhile
+    session_takeovers_total: int = 0  # sessions ended by another client with our client id
 
 
 def backoff_delay_s(
@@ -103,6 +107,54 @@ def _paho(client: aiomqtt.Client) -> paho.Client:
     only private access to aiomqtt or paho in the code base; callers use paho's public API.
     """
     return client._client
+
+
+def _usable_topics(on_message: paho.CallbackOnMessage) -> paho.CallbackOnMessage:
+    """aiomqtt's message callback, given a topic name it accepts whatever bytes arrived.
+
+    paho decodes the topic name (`MQTTMessage.topic`) only when asked, and aiomqtt asks,
+    then refuses wildcards and empty names (`aiomqtt.Topic`). A broker that does not check
+    can send either, or bytes that are not UTF-8; the error raised inside paho's read ends
+    the connection before anything of that read is archived or acknowledged, and the
+    broker redelivers the same message on every reconnect. So such a name is replaced by
+    its placeholder (`bad_topic_name`, from the bytes the decode error carries), which the
+    archive keeps and validation counts invalid (ICD section 6, `bad_topic`).
+    """
+
+    def on_message_usable(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            aiomqtt.Topic(message.topic)
+        except UnicodeDecodeError as error:
+            message.topic = bad_topic_name(bytes(error.object)).encode()
+        except ValueError:
+            message.topic = bad_topic_name(message.topic.encode()).encode()
+        on_message(client, userdata, message)
+
+    return on_message_usable
+
+
+def _noting_disconnects(
+    on_disconnect: paho.CallbackOnDisconnect_v2, noted: Callable[[int], None]
+) -> paho.CallbackOnDisconnect_v2:
+    """aiomqtt's disconnect callback, after telling `noted` the reason code of a DISCONNECT
+    the broker sent (MQTT 5), or `_CLOSED_WITHOUT_DISCONNECT` for a connection that ended
+    otherwise and not by our DISCONNECT: aiomqtt's error says neither."""
+
+    def on_disconnect_noted(
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: Any,
+        properties: Properties | None,
+    ) -> None:
+        code = int(reason_code.value) if hasattr(reason_code, "value") else int(reason_code)
+        if flags.is_disconnect_packet_from_server:
+            noted(code)
+        elif code != paho.MQTT_ERR_SUCCESS:
+            noted(_CLOSED_WITHOUT_DISCONNECT)
+        on_disconnect(client, userdata, flags, reason_code, properties)
+
+    return on_disconnect_noted
 
 
 class _ReadGate:
@@ -257,9 +309,37 @@ class _Connection:
         (self.inbox,) = self._inboxes
         self.paho = _paho(self.client)
         self.paho.manual_ack_set(True)
+        if self.paho.on_message is not None:
+            self.paho.on_message = _usable_topics(self.paho.on_message)
+        self.broker_disconnect_reason: int | None = None  # of the broker's DISCONNECT, if any
+        if self.paho.on_disconnect is not None:
+            self.paho.on_disconnect = _noting_disconnects(
+                cast("paho.CallbackOnDisconnect_v2", self.paho.on_disconnect), self._noted
+            )
         self.gate.attach(self.paho)
         self.next_message: asyncio.Task[aiomqtt.Message] | None = None
         self.connected_at: float | None = None  # monotonic, once CONNACK arrived
+
+    def _noted(self, reason_code: int) -> None:
+        self.broker_disconnect_reason = reason_code
+
+    @property
+    def taken_over(self) -> bool:
+        """The broker ended the session for another connection with our client id.
+
+        Said by MQTT 5 DISCONNECT 0x8E; brokers that close the old connection without it
+        (Mosquitto 2.0.11, and any on MQTT 3.1.1) are recognised by the connection ending
+        with no DISCONNECT within `STABLE_CONNECTION_S` of its CONNACK: what two daemons
+        with one client id do to each other, and what a link cut that soon looks like too.
+        """
+        reason = self.broker_disconnect_reason
+        if reason == SESSION_TAKEN_OVER:
+            return True
+        return (
+            reason == _CLOSED_WITHOUT_DISCONNECT
+            and self.connected_at is not None
+            and time.monotonic() - self.connected_at < STABLE_CONNECTION_S
+        )
 
     def close(self) -> None:
         if self.next_message is not None:
@@ -297,6 +377,7 @@ class Subscriber(Generic[_T]):
         self._connected = False
         self._connections_made = 0
         self._unacked = 0
+        self._takeovers = 0
         self.inbox_peak = 0  # most messages ever queued in aiomqtt at once (tests)
         self.inbox_peak_bytes = 0  # most payload bytes ever queued at once (tests)
         self.connected_event = asyncio.Event()  # set while subscribed; tests await it
@@ -313,6 +394,7 @@ class Subscriber(Generic[_T]):
             connected=connected,
             reconnects_total=max(0, self._connections_made - 1),
             unacked_total=self._unacked,
+            session_takeovers_total=self._takeovers,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -324,6 +406,8 @@ class Subscriber(Generic[_T]):
                 await self._session(connection, stop)
                 attempt = 0
             except aiomqtt.MqttError as error:
+                if connection.taken_over:
+                    self._session_taken_over()
                 if (
                     connection.connected_at is not None
                     and time.monotonic() - connection.connected_at >= STABLE_CONNECTION_S
@@ -346,6 +430,24 @@ class Subscriber(Generic[_T]):
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+
+    def _session_taken_over(self) -> None:
+        """Another client connected with our client id (two daemons configured alike): each
+        takes the session from the other, and each archives only part of the stream."""
+        self._takeovers += 1
+        logger.error(
+            "MQTT session of client id %r at %s taken over by another connection with the"
+            " same client id (DISCONNECT 0x8E, or closed within %.0f s of connecting): is a"
+            " second daemon running with it? Each receives only part of the stream",
+            self.config.client_id,
+            self.config.url,
+            STABLE_CONNECTION_S,
+            extra={
+                "broker": self.config.url,
+                "client_id": self.config.client_id,
+                "reason": "session_taken_over",
+            },
+        )
 
     async def _session(self, connection: _Connection, stop: asyncio.Event) -> None:
         """One connection: subscribe, then batch -> store -> ack -> forward until stop."""

@@ -36,6 +36,7 @@ from groundstation.envelope import (
     Envelope,
     Invalid,
     check_arrival,
+    check_topic,
     unpack_envelope,
 )
 from groundstation.mqtt import Delivery
@@ -153,9 +154,11 @@ def check_payload(
 
     The verdict depends only on the payload, the topic and `received_at`, which the archive
     keeps: replay gives the same one."""
-    envelope = unpack_envelope(
-        payload, max_payload_bytes=max_payload_bytes, vehicles=frozenset(vehicles)
-    )
+    envelope: Envelope | Invalid | None = check_topic(topic)
+    if envelope is None:
+        envelope = unpack_envelope(
+            payload, max_payload_bytes=max_payload_bytes, vehicles=frozenset(vehicles)
+        )
     if isinstance(envelope, Envelope):
         envelope = check_arrival(
             envelope, topic=topic, received_at=received_at, max_clock_skew_s=max_clock_skew_s

@@ -76,6 +76,7 @@ ICD_METRICS: Final[dict[str, frozenset[str]]] = {
         "gs_decode_seconds_count": "",
         "gs_mqtt_connected": "",
         "gs_mqtt_reconnects_total": "",
+        "gs_mqtt_session_takeovers_total": "",
         "gs_ingest_queue_depth": "",
         # History (ICD section 7)
         "gs_history_samples_total": "result",
@@ -125,6 +126,7 @@ TELEMETRY_GAUGES: Final = frozenset(
         "gs_last_receive_time_seconds",
         "gs_mqtt_connected",
         "gs_mqtt_reconnects_total",
+        "gs_mqtt_session_takeovers_total",
         "gs_ingest_queue_depth",
         "gs_history_samples_total",
         "gs_history_lag_seconds",

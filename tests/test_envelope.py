@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.envelope import Envelope, Invalid, check_arrival, pack_envelope, unpack_envelope
+from groundstation.envelope import (
+    BAD_TOPIC_PREFIX,
+    Envelope,
+    Invalid,
+    bad_topic_name,
+    check_arrival,
+    check_topic,
+    pack_envelope,
+    unpack_envelope,
+)
 
 VEHICLES = frozenset({"ingenuity", "perseverance"})
 LIMIT = 1 << 20
@@ -151,3 +162,19 @@ def test_possible_ert_is_valid(ert: float) -> None:
     result = arrived(ert=ert)
     assert isinstance(result, Envelope)
     assert result.ert == ert
+
+
+@pytest.mark.parametrize(
+    "raw", [b"mars/tm/\xff", b"mars/tm/+", b"#", b"", b"a%b/\xc3(", bytes(range(256))]
+)
+def test_bad_topic_name_keeps_the_bytes_and_is_invalid(raw: bytes) -> None:
+    """The placeholder of an unusable topic name gives its bytes back and validates as
+    `bad_topic` (ICD section 6); no wildcard survives in it (aiomqtt refuses those)."""
+    topic = bad_topic_name(raw)
+    assert "+" not in topic
+    assert "#" not in topic
+    assert unquote_to_bytes(topic.removeprefix(BAD_TOPIC_PREFIX)) == raw
+    invalid = check_topic(topic)
+    assert invalid is not None
+    assert invalid.reason == "bad_topic"
+    assert check_topic("mars/tm/ingenuity") is None

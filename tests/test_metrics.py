@@ -52,6 +52,7 @@ ICD_FAMILIES: Mapping[str, tuple[str, frozenset[str]]] = {
     "gs_decode_seconds": ("histogram", frozenset()),
     "gs_mqtt_connected": ("gauge", frozenset()),
     "gs_mqtt_reconnects_total": ("counter", frozenset()),
+    "gs_mqtt_session_takeovers_total": ("counter", frozenset()),
     "gs_ingest_queue_depth": ("gauge", frozenset()),
     "gs_sequence_restarts_total": ("counter", frozenset({"vehicle", "apid"})),
     "gs_envelope_restarts_total": ("counter", frozenset({"vehicle"})),
