@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for the ground station: system services the tests use
-# (Mosquitto, Prometheus, plus openssl and systemd-analyze for the deploy tests, and
+# (Mosquitto, Prometheus, VictoriaMetrics, plus openssl and systemd-analyze for the deploy tests, and
 # python3-venv for the virtualenv, from Debian's packages) and a virtualenv in .venv with the
 # project and its test/benchmark extras. Idempotent: skips what is already there.
 set -euo pipefail
@@ -12,6 +12,7 @@ have mosquitto || missing+=(mosquitto)
 have mosquitto_sub || missing+=(mosquitto-clients)
 have prometheus || missing+=(prometheus)
 have promtool || missing+=(prometheus)
+have victoria-metrics || missing+=(victoria-metrics)
 have systemd-analyze || missing+=(systemd)
 have openssl || missing+=(openssl)
 # Debian splits `python3 -m venv` (ensurepip) into python3-venv.

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +125,86 @@ def running_mosquitto(workdir: Path, *, extra_config: str = "") -> Iterator[Mosq
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class VictoriaMetrics:
+    """Debian's single-node VictoriaMetrics on a free loopback port, with a temporary store.
+
+    `-retentionPeriod=100y` keeps samples at old spacecraft times (VictoriaMetrics drops
+    samples outside its retention, default one month, silently). `-search.latencyOffset=0s`
+    and `-search.disableCache` make a sample queryable as soon as it is flushed: by default
+    queries hide the newest 30 s and cache answers. `-dedup.minScrapeInterval=1ms` keeps
+    one sample per series and millisecond, so an archive written twice stores its samples
+    once (VictoriaMetrics stores a sample sent twice twice otherwise). `flush()` forces
+    the flush of samples still in memory (otherwise about a second)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def write_url(self) -> str:
+        """The remote-write 1.0 receiver (Prometheus's path)."""
+        return f"{self.url}/api/v1/write"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                find_binary("victoria-metrics"),
+                f"-httpListenAddr={LOOPBACK}:{self.port}",
+                f"-storageDataPath={self.workdir / 'data'}",
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-dedup.minScrapeInterval=1ms",
+                "-loggerLevel=WARN",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process, what="victoria-metrics")
+
+    def flush(self) -> None:
+        """Make every accepted sample searchable now."""
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10) as answer:
+            assert answer.status == 200
+
+    def api(self, path: str, **params: str) -> dict[str, Any]:
+        """GET /api/v1/<path> after a flush; the JSON answer, errors included."""
+        self.flush()
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answer: dict[str, Any] = json.load(response)
+        except urllib.error.HTTPError as error:
+            answer = json.load(error)
+        return answer
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
+    """A started VictoriaMetrics, stopped on exit whatever happens."""
+    server = VictoriaMetrics(workdir=workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

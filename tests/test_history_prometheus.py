@@ -10,35 +10,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
-from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, list_segments
-from groundstation.config import ArchiveConfig, HistoryConfig
+from groundstation.archive import ArchiveReader, list_segments
+from groundstation.config import HistoryConfig
 from groundstation.daemon import running_daemon
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
 from groundstation.history.remote_write import Series, compress, encode_write_request
-from groundstation.history.writer import (
-    POSITION_FILE,
-    HistoryWriter,
-    Verdict,
-    load_position,
-    post,
-)
-from simulators.output import packets_file, read_envelopes
-from simulators.run import SimulationOptions, simulate
+from groundstation.history.writer import POSITION_FILE, Verdict, load_position, post
+from simulators.run import simulate
 from tests.daemon_support import (
     HK_PER_ENVELOPE,
     REPO,
@@ -48,6 +36,15 @@ from tests.daemon_support import (
     processed,
     publish,
     scrape,
+)
+from tests.history_support import (
+    HOUR_S,
+    assert_flight3_history,
+    assert_hk_and_nav_counts,
+    counts,
+    fly,
+    stored,
+    writer_for,
 )
 from tests.icd_packets import time_of
 from tests.reliability_support import DaemonProcess, total
@@ -59,80 +56,8 @@ from tests.test_prometheus_live import PrometheusServer
 
 pytestmark = [pytest.mark.integration]
 
-HOUR_S = 3600.0
 HK_SAMPLES = 19  # per HELI_HK packet: 8 values, 6 modes, 5 faults
 FLIGHT3_S = 145  # packet time from the first to the last HK packet, plus one
-
-
-@dataclass(frozen=True)
-class Flight:
-    archive: Path
-    start: float  # first packet time
-    end: float  # last packet time
-    expected: dict[str, int]  # per series (rendered labels): sample count by ICD section 7
-
-
-def fly(directory: Path, *, start_time: float, arrive_after_s: float, repeat: int = 1) -> Flight:
-    """Flight 3 store-and-forward, archived `arrive_after_s` after it flew."""
-    sim = directory / "sim"
-    asyncio.run(
-        simulate(
-            SimulationOptions(
-                profile="flight3",
-                output_dir=sim,
-                store_and_forward=True,
-                start_time=start_time,
-                repeat=repeat,
-            )
-        )
-    )
-    archive = directory / "archive"
-    with ArchiveWriter(ArchiveConfig(directory=archive, fsync="never")) as writer:
-        writer.append(
-            [
-                ArchiveRecord(
-                    topic=e.topic,
-                    received_at=start_time + arrive_after_s + e.send_at_s,
-                    payload=e.payload,
-                    valid=True,
-                )
-                for e in read_envelopes(sim / "envelopes.msgpack")
-            ]
-        )
-    return Flight(archive=archive, **expected_samples(sim))
-
-
-def expected_samples(sim: Path) -> dict[str, Any]:
-    """ICD section 7's counts, from the packets the simulator sent (decoded directly)."""
-    dictionaries = load_dictionaries()
-    columns = {}
-    for vehicle in ("ingenuity", "perseverance"):
-        data = (sim / packets_file(vehicle)).read_bytes()
-        result = PacketDecoder(dictionaries[vehicle]).decode([data])
-        columns.update({c.name: c for c in result.columns.values()})
-    hk, nav, imu, rover = (columns[n] for n in ("HELI_HK", "HELI_NAV", "HELI_IMU", "ROVER_NAV"))
-    takeoff = float(hk.time[np.isin(hk.fields["mode"], [2, 3])].min())  # SPINUP, FLIGHT
-    imu_seconds = np.unique(np.floor((imu.time[:, None] + np.arange(10) / 500).ravel()))
-    heli, rover_v = 'vehicle="ingenuity"', 'vehicle="perseverance"'
-    counts = {
-        f"gs_battery_voltage_volts{{{heli}}}": hk.time.size,
-        f'gs_vehicle_mode{{mode="SAFE",{heli}}}': hk.time.size,
-        f'gs_fault_active{{fault="heater_on",{heli}}}': hk.time.size,
-        f"gs_altitude_meters{{{heli}}}": nav.time.size,
-        f'gs_position_meters{{axis="y",{heli}}}': nav.time.size,
-        f"gs_ground_speed_meters_per_second{{{heli}}}": nav.time.size,
-        f"gs_flight_distance_meters{{{heli}}}": int((nav.time >= takeoff).sum()),
-        f"gs_range_to_rover_meters{{{heli}}}": int((nav.time >= rover.time.min()).sum()),
-        # Every whole second of IMU sample time but the newest, which is still open.
-        f'gs_vibration_rms_mps2{{axis="z",{heli}}}': imu_seconds.size - 1,
-        f'gs_position_meters{{axis="x",{rover_v}}}': rover.time.size,
-        f"gs_odometry_meters{{{rover_v}}}": rover.time.size,
-    }
-    return {
-        "start": float(min(hk.time.min(), rover.time.min())),
-        "end": float(max(nav.time.max(), imu.time.max())),
-        "expected": counts,
-    }
 
 
 def prometheus_with_receiver(workdir: Path, *, window: str) -> PrometheusServer:
@@ -148,76 +73,10 @@ def prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
     server.stop()
 
 
-def writer_for(
-    archive: Path, prometheus: PrometheusServer, *, envelopes: int = 256, **settings: Any
-) -> HistoryWriter:
-    config = HistoryConfig(
-        url=f"{prometheus.url}/api/v1/write", backoff_min_s=0.1, backoff_max_s=0.5, **settings
-    )
-    return HistoryWriter(
-        config,
-        archive_dir=archive,
-        dictionaries=load_dictionaries(),
-        max_payload_bytes=2**24,
-        batch_max_envelopes=envelopes,
-    )
-
-
-def stored(prometheus: PrometheusServer, flight: Flight) -> dict[str, list[list[Any]]]:
-    """Every raw sample of every history series over the flight's own time."""
-    span = math.ceil(flight.end - flight.start) + 5
-    answer = prometheus.api(
-        "query", query=f'{{timeline="spacecraft"}}[{span}s]', time=f"{flight.end + 2:.3f}"
-    )
-    assert answer["status"] == "success", answer
-    return {
-        str(sorted(item["metric"].items())): item["values"] for item in answer["data"]["result"]
-    }
-
-
-def counts(prometheus: PrometheusServer, flight: Flight) -> dict[str, int]:
-    # count_over_time drops __name__: ask per name instead.
-    out = {}
-    span = math.ceil(flight.end - flight.start) + 5
-    for key in flight.expected:
-        answer = prometheus.api(
-            "query", query=f"count_over_time({key}[{span}s])", time=f"{flight.end + 2:.3f}"
-        )
-        assert answer["status"] == "success", answer
-        result = answer["data"]["result"]
-        out[key] = int(float(result[0]["value"][1])) if result else 0
-    return out
-
-
-def peak(prometheus: PrometheusServer, flight: Flight, selector: str) -> float:
-    span = math.ceil(flight.end - flight.start) + 5
-    answer = prometheus.api(
-        "query", query=f"max_over_time({selector}[{span}s])", time=f"{flight.end + 2:.3f}"
-    )
-    return float(answer["data"]["result"][0]["value"][1])
-
-
 def test_flight3_history_at_spacecraft_time(tmp_path: Path, prometheus: PrometheusServer) -> None:
     """Flight 3 flown 3 h ago, archived, written: per-series counts, peaks; written twice,
     nothing changes."""
-    flight = fly(tmp_path, start_time=time.time() - 3 * HOUR_S, arrive_after_s=2 * HOUR_S)
-    writer = writer_for(flight.archive, prometheus)
-    assert writer.catch_up()
-    assert writer.status.samples["rejected"] == 0
-    assert writer.status.samples["backfill"] == 0
-    assert writer.status.up
-    assert writer.status.lag_seconds() == 0.0
-    first = counts(prometheus, flight)
-    assert first == flight.expected
-    assert peak(prometheus, flight, 'gs_altitude_meters{timeline="spacecraft"}') == pytest.approx(
-        5.0, abs=0.1
-    )
-    distance = peak(prometheus, flight, 'gs_flight_distance_meters{timeline="spacecraft"}')
-    assert distance == pytest.approx(100.0, abs=3.0)
-    rover = peak(prometheus, flight, 'gs_range_to_rover_meters{timeline="spacecraft"}')
-    assert rover == pytest.approx(85.0, abs=1.0)
-    values = stored(prometheus, flight)
-    assert sum(map(len, values.values())) == writer.status.samples["ok"]
+    flight = assert_flight3_history(tmp_path, prometheus)
     # Every query of the Flight dashboard's history row draws this flight.
     for panel in history_panels():
         for target in panel["targets"]:
@@ -230,13 +89,6 @@ def test_flight3_history_at_spacecraft_time(tmp_path: Path, prometheus: Promethe
             )
             assert answer["status"] == "success", (panel["title"], answer)
             assert answer["data"]["result"], (panel["title"], target["expr"])
-    assert not writer.catch_up()  # caught up: nothing new
-    (flight.archive / POSITION_FILE).unlink()
-    again = writer_for(flight.archive, prometheus)
-    assert again.catch_up()
-    assert again.status.samples["ok"] == writer.status.samples["ok"]
-    assert counts(prometheus, flight) == first
-    assert stored(prometheus, flight) == values
 
 
 def test_prometheus_down_mid_stream_loses_nothing(
@@ -560,19 +412,3 @@ def test_lag_after_a_restart_is_the_backlog(mosquitto: Mosquitto, tmp_path: Path
             daemon.stop()
     finally:
         server.stop()
-
-
-def assert_hk_and_nav_counts(
-    server: PrometheusServer, report: Mapping[str, Any], *, start: float
-) -> None:
-    """Prometheus holds one HK and one NAV sample per ok packet the simulator reports."""
-    hk = report["vehicles"]["ingenuity"]["expected"]["packets"]["100"]["ok"]
-    nav = report["vehicles"]["ingenuity"]["expected"]["packets"]["101"]["ok"]
-    for name, expected in (("gs_battery_voltage_volts", hk), ("gs_altitude_meters", nav)):
-        answer = server.api(
-            "query",
-            query=f'count_over_time({name}{{timeline="spacecraft"}}[1h])',
-            time=f"{start + 1800:.3f}",
-        )
-        [item] = answer["data"]["result"]
-        assert int(item["value"][1]) == expected, name
