@@ -64,12 +64,7 @@ class SampleBatch:
     def add(
         self, family: FamilySpec, labels: Mapping[str, str], time_s: float, value: float
     ) -> None:
-        key = tuple(
-            sorted(
-                {**labels, "__name__": family.name, TIMELINE_LABEL[0]: TIMELINE_LABEL[1]}.items()
-            )
-        )
-        self.series.setdefault(key, []).append((milliseconds(time_s), value))
+        self.series.setdefault(series_key(family, labels), []).append((milliseconds(time_s), value))
 
     def merge(self, other: SampleBatch) -> None:
         for key, samples in other.series.items():
@@ -79,15 +74,16 @@ class SampleBatch:
         return sum(len(samples) for samples in self.series.values())
 
 
+def series_key(family: FamilySpec, labels: Mapping[str, str]) -> SeriesKey:
+    """A series' labels as `SampleBatch` keys them: sorted, `__name__` and timeline included."""
+    return tuple(
+        sorted({**labels, "__name__": family.name, TIMELINE_LABEL[0]: TIMELINE_LABEL[1]}.items())
+    )
+
+
 def milliseconds(time_s: float) -> int:
     """Packet time in whole milliseconds, rounded half up (remote write's timestamp unit)."""
     return math.floor(time_s * 1000.0 + 0.5)
-
-
-def _row(
-    fields: Mapping[str, NDArray[np.generic]], names: tuple[str, ...], row: int
-) -> dict[str, NDArray[np.generic]]:
-    return {name: fields[name][row : row + 1] for name in names}
 
 
 class _Vibration:
@@ -153,17 +149,25 @@ class _VehicleHistory:
             writers = self._writers.get(apid, ())
             if not writers or not packets.time.size:
                 continue
-            fields = packets.fields
-            names = self._inputs[apid]
+            # Each input column fetched once (the decoder's columns are lazy), each series'
+            # key built once per call: per packet only the writers run.
+            columns_ = {name: packets.fields[name] for name in self._inputs[apid]}
+            keys: dict[tuple[FamilySpec, tuple[str, ...]], list[tuple[int, float]]] = {}
             for row, time_s in enumerate(packets.time.tolist()):
                 values: ValueStore = {}
+                row_fields = {name: column[row : row + 1] for name, column in columns_.items()}
                 for writer in writers:
-                    writer.write(values, _row(fields, names, row))
+                    writer.write(values, row_fields)
+                time_ms = milliseconds(time_s)
                 for family, series in values.items():
                     if family not in HISTORY_FAMILIES:
                         continue
                     for labels, value in series.items():
-                        out.add(family, _labels(self.vehicle, family, labels), time_s, value)
+                        points = keys.get((family, labels))
+                        if points is None:
+                            key = series_key(family, _labels(self.vehicle, family, labels))
+                            points = keys[family, labels] = out.series.setdefault(key, [])
+                        points.append((time_ms, value))
 
     def take_flight(self, columns: Mapping[int, ApidColumns], out: SampleBatch) -> None:
         """Flight distance at each HELI_NAV packet newer than any before (HK, NAV by time)."""
