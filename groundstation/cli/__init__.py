@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "embedded broker + simulator + daemon: live metrics on a fresh machine",
     "dictionary": "the packet dictionary as XTCE 1.2 or as tables",
     "report": "post-flight report: a figure per flight and summary.json, from a raw archive",
+    "backfill": "an archive's history samples as OpenMetrics, for promtool's block import",
 }
 
 
