@@ -22,7 +22,8 @@ from matplotlib.image import imread
 
 from groundstation import cli
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
-from groundstation.cli.report import parse_time, read_flights, select_flights
+from groundstation.cli.report import read_flights, select_flights
+from groundstation.cli.timespan import parse_time
 from groundstation.config import ArchiveConfig
 from groundstation.decoder import RESULTS
 from groundstation.definitions import load_dictionaries

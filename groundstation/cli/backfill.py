@@ -15,7 +15,7 @@ from pathlib import Path
 
 from groundstation.archive import ArchiveReader, list_segments
 from groundstation.cli.progress import archive_progress
-from groundstation.cli.report import parse_time
+from groundstation.cli.timespan import add_time_span
 from groundstation.config import load_config
 from groundstation.definitions import load_dictionaries
 from groundstation.errors import ConfigError
@@ -27,20 +27,10 @@ from groundstation.telemetry import Telemetry
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("archive_dir", type=Path, metavar="ARCHIVE_DIR")
-    parser.add_argument(
-        "--from",
-        dest="time_from",
-        type=parse_time,
-        metavar="TIME",
-        help="only samples at or after TIME (packet time): UTC ISO 8601 "
-        "(2021-04-25T11:31:00Z; no zone means UTC) or Unix seconds",
-    )
-    parser.add_argument(
-        "--to",
-        dest="time_to",
-        type=parse_time,
-        metavar="TIME",
-        help="only samples at or before TIME (same forms as --from)",
+    add_time_span(
+        parser,
+        after="samples at or after TIME (packet time)",
+        before="samples at or before TIME",
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="FILE", help="the OpenMetrics file to write"

@@ -8,7 +8,6 @@ flights are cut by `groundstation.flights` and drawn by `groundstation.flight_fi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 
 from groundstation.archive import ArchiveReader, list_segments
 from groundstation.cli.progress import archive_progress
+from groundstation.cli.timespan import add_time_span
 from groundstation.config import load_config
 from groundstation.definitions import load_dictionaries
 from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
@@ -55,20 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flight", type=int, metavar="N", help="only flight N (numbered 1.. in the archive)"
     )
-    parser.add_argument(
-        "--from",
-        dest="time_from",
-        type=parse_time,
-        metavar="TIME",
-        help="only flights taking off at or after TIME: UTC ISO 8601 "
-        "(2021-04-25T11:31:00Z; no zone means UTC) or Unix seconds",
-    )
-    parser.add_argument(
-        "--to",
-        dest="time_to",
-        type=parse_time,
-        metavar="TIME",
-        help="only flights taking off before TIME (same forms as --from)",
+    add_time_span(
+        parser, after="flights taking off at or after TIME", before="flights taking off before TIME"
     )
     parser.add_argument(
         "--format",
@@ -79,23 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="the daemon's TOML file (ingest limits)"
     )
-
-
-def parse_time(text: str) -> float:
-    """UTC seconds from Unix seconds or ISO 8601 (a time without a zone is UTC)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither UTC ISO 8601 nor Unix seconds"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
 
 
 def main(args: argparse.Namespace) -> int:
