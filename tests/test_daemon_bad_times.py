@@ -6,6 +6,7 @@ sections 2, 3 and 6) and published like any relay's.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
@@ -22,6 +23,7 @@ pytestmark = [pytest.mark.integration]
 
 ERT = 1.7e9  # 2023-11: before any receive time of the test, after every packet below
 HELI = {"vehicle": "ingenuity"}
+PROCESSED_TIMEOUT_S = 60.0
 OK_HK = 'gs_packets_total{apid="100",result="ok",vehicle="ingenuity"}'
 
 
@@ -62,9 +64,12 @@ async def test_impossible_times_and_topic_mismatch_are_refused_live(
     mismatched = heli_envelope(6, ERT + 6, hk(6, coarse=753_000_006, voltage_mv=9000))
     config = daemon_config(mosquitto, tmp_path)
     async with running_daemon(config) as daemon:
+        # Subscribed first: the session is new, so nothing published before it is queued.
+        await daemon.subscriber.connected_event.wait()  # type: ignore[union-attr]
         await publish(mosquitto.port, good + bad_ert)
         await publish(mosquitto.port, [mismatched], topic="mars/tm/perseverance")
-        await processed(daemon, len(good) + len(bad_ert) + 1)
+        async with asyncio.timeout(PROCESSED_TIMEOUT_S):
+            await processed(daemon, len(good) + len(bad_ert) + 1)
         metrics = await scrape_metrics(daemon.metrics_address)
 
     assert metrics['gs_battery_voltage_volts{vehicle="ingenuity"}'] == pytest.approx(22.0)
