@@ -36,7 +36,7 @@ from typing import BinaryIO, Final
 from isal.isal_zlib import crc32
 
 from groundstation.config import ArchiveConfig
-from groundstation.errors import ArchiveInUseError
+from groundstation.errors import ArchiveInUseError, ArchiveWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,15 @@ def directory_lock(directory: Path) -> Iterator[None]:
 
 
 class ArchiveWriter:
-    """Appends batches of records to the newest segment; one owner, calls serialised."""
+    """Appends batches of records to the newest segment; one owner, calls serialised.
+
+    A batch is all or nothing: it goes into one segment (the segment ends before a batch
+    that would take it past `segment_max_bytes`, so only a batch larger than that makes a
+    bigger one), and when a write or its sync fails (a full file system), the segment is
+    cut back to where the batch began and `ArchiveWriteError` names the path. The caller
+    retries the same batch later; nothing of it is acknowledged meanwhile. A segment that
+    cannot be started is removed again, so retries leave no empty files.
+    """
 
     def __init__(
         self, config: ArchiveConfig, *, clock: Callable[[], float] = time.monotonic
@@ -148,8 +156,8 @@ class ArchiveWriter:
         self._config = config
         self._clock = clock
         self._file: BinaryIO | None = None
+        self._path: Path | None = None
         self._segment_bytes = 0
-        self._next_index = 0
         self._unsynced = False
         self._last_sync = 0.0
         # Calls come from worker threads; a shutdown that gave up waiting for an append
@@ -166,12 +174,10 @@ class ArchiveWriter:
         self.close()
 
     def open(self) -> None:
-        """Create the directory and start a fresh segment after the existing ones."""
+        """Create the directory; the first append starts a fresh segment after the existing
+        ones (so a daemon started on a full file system runs, and waits to write)."""
         self._config.directory.mkdir(parents=True, exist_ok=True)
-        existing = list_segments(self._config.directory)
-        self._next_index = _segment_index(existing[-1]) + 1 if existing else 1
         self._last_sync = self._clock()
-        self._start_segment()
 
     def append(self, records: Sequence[ArchiveRecord]) -> None:
         """Write `records` in order, then sync as the fsync policy asks: on return they are
@@ -180,55 +186,79 @@ class ArchiveWriter:
 
     def append_frames(self, frames: Sequence[Frame]) -> None:
         """`append` of records already framed (`frame_record`): what is left is system calls,
-        which a worker thread makes while the event loop's thread goes on (GIL released)."""
-        with self._lock:
-            self._append(frames)
-            self._sync_per_policy()
+        which a worker thread makes while the event loop's thread goes on (GIL released).
 
-    def _append(self, frames: Sequence[Frame]) -> None:
-        if self._file is None:
-            raise RuntimeError("archive writer is not open")
-        # One gathered write per segment: the payloads are not copied into a joined chunk.
-        chunk: list[bytes] = []
-        chunk_bytes = 0
-        for framing, payload in frames:
-            size = len(framing) + len(payload)
-            if self._segment_bytes + chunk_bytes + size > self._config.segment_max_bytes:
-                if chunk:
-                    self._write(chunk, chunk_bytes)
-                    chunk, chunk_bytes = [], 0
-                if self._segment_bytes > len(MAGIC):
-                    self._rotate()
-            chunk += (framing, payload)
-            chunk_bytes += size
-        if chunk:
-            self._write(chunk, chunk_bytes)
-        self.records_written += len(frames)
+        Raises ArchiveWriteError with nothing of the batch left in the archive."""
+        parts = [part for frame in frames for part in frame]
+        size = sum(len(part) for part in parts)
+        with self._lock:
+            if (
+                self._file is not None
+                and self._segment_bytes > len(MAGIC)
+                and self._segment_bytes + size > self._config.segment_max_bytes
+            ):
+                self._end_segment()
+            file, path = self._file_and_path or self._start_segment()
+            start = self._segment_bytes
+            try:
+                _write_all(file.fileno(), parts)
+                self._segment_bytes += size
+                self._unsynced = True
+                self._sync_per_policy()
+            except OSError as error:
+                self._cut_back(start)
+                raise ArchiveWriteError(path, error) from error
+            self.bytes_written += size
+            self.records_written += len(frames)
 
     def sync_if_due(self) -> None:
         """For fsync=interval: called when idle, so the last batch does not stay unsynced."""
         if self._config.fsync == "interval":
             with self._lock:
-                self._sync_per_policy()
+                try:
+                    self._sync_per_policy()
+                except OSError as error:
+                    raise ArchiveWriteError(self._path or self._config.directory, error) from error
 
     def close(self) -> None:
-        """Flush to disk and close; always fsyncs, whatever the policy."""
+        """Flush to disk and close; always fsyncs, whatever the policy. A failing sync is
+        logged, not raised: the process is ending, and the page cache still holds the data."""
         with self._lock:
+            try:
+                self._end_segment()
+            except ArchiveWriteError as error:
+                logger.error(
+                    "%s; closing the archive anyway", error, extra={"path": str(error.path)}
+                )
+
+    def _end_segment(self) -> None:
+        path = self._path
+        try:
             self._close()
+        except OSError as error:
+            raise ArchiveWriteError(path or self._config.directory, error) from error
 
     def _close(self) -> None:
         if self._file is None:
             return
-        self._sync()
-        self._file.close()
-        self._file = None
+        try:
+            self._sync()
+        finally:
+            self._file.close()
+            self._file = None
 
-    def _write(self, parts: list[bytes], size: int) -> None:
+    def _cut_back(self, start: int) -> None:
+        """Remove a failed batch's bytes; if even that fails, leave the segment (its torn
+        tail is skipped and counted by the reader) and start the next batch in a new one."""
         assert self._file is not None
-        _write_all(self._file.fileno(), parts)
-        self._segment_bytes += size
-        self.bytes_written += size
-        self._unsynced = True
+        try:
+            os.ftruncate(self._file.fileno(), start)
+            os.lseek(self._file.fileno(), start, os.SEEK_SET)  # else the next write leaves a hole
+            self._segment_bytes = start
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def _sync_per_policy(self) -> None:
         policy = self._config.fsync
@@ -253,22 +283,39 @@ class ArchiveWriter:
             with contextlib.suppress(OSError):
                 os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
 
-    def _rotate(self) -> None:
-        self._close()
-        self._start_segment()
+    @property
+    def _file_and_path(self) -> tuple[BinaryIO, Path] | None:
+        if self._file is None or self._path is None:
+            return None
+        return self._file, self._path
 
-    def _start_segment(self) -> None:
-        path = self._config.directory / segment_name(self._next_index)
-        self._next_index += 1
-        # Unbuffered: each batch is one write() into the kernel, so a kill -9 of the daemon
-        # loses nothing that append() returned for.
-        self._file = path.open("xb", buffering=0)
-        self._file.write(MAGIC)
+    def _start_segment(self) -> tuple[BinaryIO, Path]:
+        """A new segment after every existing one, its magic line and directory entry on
+        disk; on failure no file is left behind."""
+        directory = self._config.directory
+        existing = list_segments(directory)
+        index = _segment_index(existing[-1]) + 1 if existing else 1
+        path = directory / segment_name(index)
+        try:
+            # Unbuffered: each batch is one write() into the kernel, so a kill -9 of the
+            # daemon loses nothing that append() returned for.
+            file = path.open("xb", buffering=0)
+        except OSError as error:
+            raise ArchiveWriteError(path, error) from error
+        try:
+            _write_all(file.fileno(), [MAGIC])
+            os.fdatasync(file.fileno())
+            _fsync_directory(directory)
+        except OSError as error:
+            file.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise ArchiveWriteError(path, error) from error
+        self._file, self._path = file, path
         self._segment_bytes = len(MAGIC)
-        self._unsynced = True
-        self._sync()
-        _fsync_directory(self._config.directory)
+        self._unsynced = False
         logger.info("archive segment opened", extra={"path": str(path)})
+        return file, path
 
 
 def _write_all(descriptor: int, parts: list[bytes]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -110,11 +111,19 @@ class Daemon:
                 batch_max_envelopes=config.ingest.batch_max_envelopes,
             )
         self.subscriber: Subscriber[list[Arrival]] | None = None
+        self.sink: ArchivingSink | None = None
         self.resume_scan = ResumeScan(envelopes=0, damaged_records=0, damaged_bytes=0)
         self.drain_outcome: DrainOutcome | None = None
 
     def status(self) -> PipelineStatus:
         subscriber = self.subscriber.status if self.subscriber else None
+        sink = self.sink
+        free_bytes: int | None = None
+        size_bytes: int | None = None
+        with contextlib.suppress(OSError):  # the directory is gone: say nothing of it
+            filesystem = os.statvfs(self.config.archive.directory)
+            free_bytes = filesystem.f_bavail * filesystem.f_frsize
+            size_bytes = filesystem.f_blocks * filesystem.f_frsize
         return PipelineStatus(
             mqtt_connected=bool(subscriber and subscriber.connected),
             reconnects_total=subscriber.reconnects_total if subscriber else 0,
@@ -122,11 +131,18 @@ class Daemon:
             archive_damaged_records=self.resume_scan.damaged_records,
             archive_damaged_bytes=self.resume_scan.damaged_bytes,
             session_takeovers_total=subscriber.session_takeovers_total if subscriber else 0,
+            archive_write_failing=bool(sink and sink.write_failure),
+            archive_write_errors_total=sink.write_errors_total if sink else 0,
+            archive_free_bytes=free_bytes,
+            archive_size_bytes=size_bytes,
         )
 
     def health(self) -> Health:
         if self._stopping:
             return Health(ok=False, detail="shutting down")
+        failure = self.sink.write_failure if self.sink else None
+        if failure is not None:
+            return Health(ok=False, detail=f"{failure}; ingest paused, retrying")
         if not self.status().mqtt_connected:
             return Health(ok=False, detail="not connected to the MQTT broker")
         return Health(ok=True, detail="ok")
@@ -161,6 +177,7 @@ class Daemon:
                 vehicles=self.dictionaries,
                 max_clock_skew_s=config.ingest.max_clock_skew_s,
             )
+            self.sink = sink
             self.metrics_address = stack.enter_context(self._serve_http())
             if config.broker.embedded:
                 await stack.enter_async_context(embedded_broker(port=config.broker.port))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class GroundstationError(Exception):
     """Root of every error the ground station raises on purpose."""
@@ -21,6 +23,16 @@ class UnknownVehicleError(GroundstationError):
 
 class ArchiveInUseError(GroundstationError):
     """Another daemon holds the archive directory: two writers would interleave segments."""
+
+
+class ArchiveWriteError(GroundstationError):
+    """Writing or syncing the archive failed (a full file system, an I/O error): nothing of
+    the batch is in the archive, and it may be retried."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"archive write to {path} failed: {error.strerror or error}")
+        self.path = path
+        self.errno = error.errno
 
 
 class AddressInUseError(GroundstationError):

@@ -32,6 +32,10 @@ from groundstation.telemetry import (
 __all__ = [
     "ARCHIVE_DAMAGED_BYTES",
     "ARCHIVE_DAMAGED_RECORDS",
+    "ARCHIVE_FREE_BYTES",
+    "ARCHIVE_SIZE_BYTES",
+    "ARCHIVE_WRITE_ERRORS",
+    "ARCHIVE_WRITE_FAILING",
     "INGEST_QUEUE_DEPTH",
     "MQTT_CONNECTED",
     "MQTT_RECONNECTS",
@@ -79,6 +83,31 @@ ARCHIVE_DAMAGED_BYTES: Final = FamilySpec(
     labels=(),
     help="Bytes of damaged archive records the start-up resume scan skipped.",
 )
+# A failing archive write pauses ingest (docs/reliability.md, "Full disk").
+ARCHIVE_WRITE_FAILING: Final = FamilySpec(
+    name="gs_archive_write_failing",
+    kind="gauge",
+    labels=(),
+    help="1 while archive writes fail (e.g. the file system is full) and ingest is paused.",
+)
+ARCHIVE_WRITE_ERRORS: Final = FamilySpec(
+    name="gs_archive_write_errors_total",
+    kind="counter",
+    labels=(),
+    help="Archive write or sync attempts that failed, retries included.",
+)
+ARCHIVE_FREE_BYTES: Final = FamilySpec(
+    name="gs_archive_filesystem_free_bytes",
+    kind="gauge",
+    labels=(),
+    help="Bytes of the archive directory's file system available to the daemon.",
+)
+ARCHIVE_SIZE_BYTES: Final = FamilySpec(
+    name="gs_archive_filesystem_size_bytes",
+    kind="gauge",
+    labels=(),
+    help="Size in bytes of the archive directory's file system.",
+)
 PIPELINE_FAMILIES: Final = (
     MQTT_CONNECTED,
     MQTT_RECONNECTS,
@@ -86,6 +115,10 @@ PIPELINE_FAMILIES: Final = (
     INGEST_QUEUE_DEPTH,
     ARCHIVE_DAMAGED_RECORDS,
     ARCHIVE_DAMAGED_BYTES,
+    ARCHIVE_WRITE_FAILING,
+    ARCHIVE_WRITE_ERRORS,
+    ARCHIVE_FREE_BYTES,
+    ARCHIVE_SIZE_BYTES,
 )
 
 # The `le` spelling Prometheus itself uses ("+Inf", "0.001"); prometheus_client leaves it
@@ -103,6 +136,11 @@ class PipelineStatus:
     archive_damaged_records: int = 0  # found by the start-up resume scan
     archive_damaged_bytes: int = 0
     session_takeovers_total: int = 0
+    archive_write_failing: bool = False
+    archive_write_errors_total: int = 0
+    # statvfs of the archive directory at scrape time; None when it cannot be read
+    archive_free_bytes: int | None = None
+    archive_size_bytes: int | None = None
 
 
 class TelemetryCollector(Collector):
@@ -134,8 +172,13 @@ class TelemetryCollector(Collector):
         for spec, value in (
             (ARCHIVE_DAMAGED_RECORDS, status.archive_damaged_records),
             (ARCHIVE_DAMAGED_BYTES, status.archive_damaged_bytes),
+            (ARCHIVE_WRITE_FAILING, int(status.archive_write_failing)),
+            (ARCHIVE_WRITE_ERRORS, status.archive_write_errors_total),
+            (ARCHIVE_FREE_BYTES, status.archive_free_bytes),
+            (ARCHIVE_SIZE_BYTES, status.archive_size_bytes),
         ):
-            yield _value_family(FamilySamples(spec, (((), float(value)),)))
+            samples = () if value is None else (((), float(value)),)
+            yield _value_family(FamilySamples(spec, samples))
 
     def describe(self) -> Iterator[Metric]:
         """The family names without samples, so registering never calls the sources."""

@@ -10,6 +10,7 @@ Replay: archive reader -> `check_payload` -> the same `Pipeline.process`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,7 @@ from groundstation.envelope import (
     check_topic,
     unpack_envelope,
 )
+from groundstation.errors import ArchiveWriteError
 from groundstation.mqtt import Delivery
 from groundstation.telemetry import Telemetry, TelemetrySnapshot
 
@@ -49,6 +51,10 @@ WARNINGS_PER_INTERVAL: Final = 5
 WARNING_INTERVAL_S: Final = 60.0
 PARENT_CHECK_INTERVAL_S: Final = 0.5  # the decoding child exits this soon after its parent
 DECODE_BATCHES_IN_FLIGHT: Final = 2  # sent to the child ahead: one decoding, one waiting
+# Retries of a failed archive write (a full file system): soon enough to resume within
+# seconds of space returning, rare enough not to flood the log or the disk.
+ARCHIVE_RETRY_MIN_S: Final = 0.25
+ARCHIVE_RETRY_MAX_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +325,13 @@ def resume_sequences(
 
 
 class ArchivingSink:
-    """The subscriber's sink: validate and archive (before the ack), then queue for decoding."""
+    """The subscriber's sink: validate and archive (before the ack), then queue for decoding.
+
+    A failed archive write (a full file system) pauses ingest instead of ending it: `store`
+    retries the same batch with capped backoff and returns only once it is archived, so
+    nothing is acknowledged meanwhile, the inbox fills and reading stops (the broker keeps
+    the messages). `write_failure` says why for /healthz and /metrics.
+    """
 
     def __init__(
         self,
@@ -329,14 +341,20 @@ class ArchivingSink:
         max_payload_bytes: int,
         vehicles: Iterable[str],
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+        retry_min_s: float = ARCHIVE_RETRY_MIN_S,
+        retry_max_s: float = ARCHIVE_RETRY_MAX_S,
     ) -> None:
         self._writer = writer
         self._ingest_queue = queue
         self._max_payload_bytes = max_payload_bytes
         self._max_clock_skew_s = max_clock_skew_s
         self._vehicles = frozenset(vehicles)
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
         self._log_invalid = InvalidEnvelopeLog()
         self.lock = asyncio.Lock()  # one archive call at a time (store, periodic fsync)
+        self.write_failure: ArchiveWriteError | None = None  # the newest, while it lasts
+        self.write_errors_total = 0  # failed attempts, retries included
 
     async def store(self, batch: list[Delivery]) -> list[Arrival]:
         """Validate and frame on the loop's thread, then write and sync on a worker.
@@ -349,7 +367,7 @@ class ArchivingSink:
         """
         async with self.lock:
             arrivals, frames = self._check_and_frame(batch)
-            await asyncio.to_thread(self._writer.append_frames, frames)
+            await self._archive(functools.partial(self._writer.append_frames, frames))
             return arrivals
 
     async def forward(self, stored: list[Arrival]) -> None:
@@ -357,7 +375,37 @@ class ArchivingSink:
 
     async def sync_if_due(self) -> None:
         async with self.lock:
-            await asyncio.to_thread(self._writer.sync_if_due)
+            await self._archive(self._writer.sync_if_due)
+
+    async def _archive(self, write: Callable[[], None]) -> None:
+        """`write` on a worker thread until it succeeds, waiting ever longer in between."""
+        delay_s = self._retry_min_s
+        failed_since = 0.0
+        while True:
+            try:
+                await asyncio.to_thread(write)
+            except ArchiveWriteError as error:
+                self.write_errors_total += 1
+                if self.write_failure is None:
+                    failed_since = time.monotonic()
+                    logger.error(
+                        "%s; ingest paused (nothing more is acknowledged), retrying",
+                        error,
+                        extra={"path": str(error.path), "reason": "archive_write_failed"},
+                    )
+                self.write_failure = error
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._retry_max_s)
+                continue
+            if self.write_failure is not None:
+                logger.warning(
+                    "archive writes to %s succeed again after %.1f s; ingest resumed",
+                    self.write_failure.path,
+                    time.monotonic() - failed_since if failed_since else 0.0,
+                    extra={"path": str(self.write_failure.path)},
+                )
+                self.write_failure = None
+            return
 
     def _check_and_frame(self, batch: Sequence[Delivery]) -> tuple[list[Arrival], list[Frame]]:
         arrivals: list[Arrival] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import os
 import shutil
 import signal
 import socket
@@ -55,6 +56,35 @@ def wait_for_port(port: int, *, process: subprocess.Popen[bytes], what: str) -> 
             return
         time.sleep(0.05)
     pytest.fail(f"{what} did not listen on {LOOPBACK}:{port} within {STARTUP_TIMEOUT_S} s")
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, *, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of `size_bytes` mounted at `path` (a real file system that fills up: writes
+    there fail with ENOSPC), unmounted on exit. Needs root, as the test command runs."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "groundstation-test", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {path} (run the tests as root): {mounted.stderr}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def fill_file_system(path: Path, *, leave_bytes: int) -> Path:
+    """A file in `path` taking all but about `leave_bytes` of its file system; returns it."""
+    filesystem = os.statvfs(path)
+    filler = path / "filler"
+    size = max(0, filesystem.f_bavail * filesystem.f_frsize - leave_bytes)
+    with filler.open("wb") as file:
+        file.write(b"\0" * size)
+    return filler
 
 
 @dataclass

@@ -97,6 +97,10 @@ EXTRA_FAMILIES = frozenset(
         "gs_relay_packets_relayed_total",
         "gs_archive_damaged_records_total",
         "gs_archive_damaged_bytes_total",
+        "gs_archive_write_failing",
+        "gs_archive_write_errors_total",
+        "gs_archive_filesystem_free_bytes",
+        "gs_archive_filesystem_size_bytes",
     }
 )
 CONNECTED = PipelineStatus(
@@ -105,6 +109,10 @@ CONNECTED = PipelineStatus(
     queue_depth=17,
     archive_damaged_records=2,
     archive_damaged_bytes=4321,
+    archive_write_failing=True,
+    archive_write_errors_total=5,
+    archive_free_bytes=1_234_567,
+    archive_size_bytes=8_388_608,
 )
 
 
@@ -210,8 +218,15 @@ def test_pipeline_status_is_read_at_scrape_time(snapshot: TelemetrySnapshot) -> 
     assert registry.get_sample_value("gs_ingest_queue_depth") == 17.0
     assert registry.get_sample_value("gs_archive_damaged_records_total") == 2.0
     assert registry.get_sample_value("gs_archive_damaged_bytes_total") == 4321.0
+    assert registry.get_sample_value("gs_archive_write_failing") == 1.0
+    assert registry.get_sample_value("gs_archive_write_errors_total") == 5.0
+    assert registry.get_sample_value("gs_archive_filesystem_free_bytes") == 1_234_567.0
+    assert registry.get_sample_value("gs_archive_filesystem_size_bytes") == 8_388_608.0
     down = PipelineStatus(mqtt_connected=False, reconnects_total=4, queue_depth=0)
     assert registry_of(snapshot, down).get_sample_value("gs_mqtt_connected") == 0.0
+    assert registry_of(snapshot, down).get_sample_value("gs_archive_write_failing") == 0.0
+    # A file system that cannot be read (statvfs failed) gives no sample, not a 0.
+    assert registry_of(snapshot, down).get_sample_value("gs_archive_filesystem_free_bytes") is None
 
 
 def test_each_scrape_reads_the_snapshot_swapped_in_last(

@@ -253,6 +253,7 @@ class HistoryWriter:
         self._samples = HistorySamples(dictionaries)
         self._position: Position | None = None
         self._rebuilt = False
+        self._position_unsaved = False  # the last save failed (a full file system)
 
     def run(self) -> None:
         """Until `stop` is set: catch up, then follow the archive every poll interval."""
@@ -288,9 +289,28 @@ class HistoryWriter:
                     else 0
                 )
                 self._position = Position(name, done + len(batch))
-                save_position(self.archive_dir, self._position)
+                self._save_position()
                 self._note_received(max(a.received_at for a in batch), written=True)
         return did_work
+
+    def _save_position(self) -> None:
+        """Save the position; on a full file system go on with it in memory (a restart then
+        re-sends from the older saved one: the same samples, which change nothing)."""
+        assert self._position is not None
+        try:
+            save_position(self.archive_dir, self._position)
+        except OSError as error:
+            if not self._position_unsaved:
+                logger.warning(
+                    "history position not saved in %s (%s); going on, a restart re-sends"
+                    " from the last saved one",
+                    self.archive_dir,
+                    error.strerror or error,
+                    extra={"path": str(self.archive_dir / POSITION_FILE)},
+                )
+            self._position_unsaved = True
+        else:
+            self._position_unsaved = False
 
     def _rebuild(self) -> None:
         """Decode the archive up to the saved position, sending nothing: the derived values'
