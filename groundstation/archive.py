@@ -132,8 +132,9 @@ def directory_lock(directory: Path) -> Iterator[None]:
                 f"archive directory {directory} is in use by another groundstation daemon"
                 f" (pid {holder or 'unknown'}); refusing to start"
             ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        with contextlib.suppress(OSError):  # only for the message; a full disk refuses it
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
         yield
     finally:
         os.close(descriptor)  # releases the lock
@@ -147,7 +148,7 @@ class ArchiveWriter:
     bigger one), and when a write or its sync fails (a full file system), the segment is
     cut back to where the batch began and `ArchiveWriteError` names the path. The caller
     retries the same batch later; nothing of it is acknowledged meanwhile. A segment that
-    cannot be started is removed again, so retries leave no empty files.
+    cannot be started with its first batch is removed again, so retries leave no files.
     """
 
     def __init__(
@@ -189,25 +190,30 @@ class ArchiveWriter:
         which a worker thread makes while the event loop's thread goes on (GIL released).
 
         Raises ArchiveWriteError with nothing of the batch left in the archive."""
+        if not frames:
+            return
         parts = [part for frame in frames for part in frame]
         size = sum(len(part) for part in parts)
         with self._lock:
             if (
                 self._file is not None
-                and self._segment_bytes > len(MAGIC)
                 and self._segment_bytes + size > self._config.segment_max_bytes
             ):
                 self._end_segment()
-            file, path = self._file_and_path or self._start_segment()
-            start = self._segment_bytes
-            try:
-                _write_all(file.fileno(), parts)
-                self._segment_bytes += size
-                self._unsynced = True
-                self._sync_per_policy()
-            except OSError as error:
-                self._cut_back(start)
-                raise ArchiveWriteError(path, error) from error
+            current = self._file_and_path
+            if current is None:
+                self._start_segment(parts)
+            else:
+                file, path = current
+                start = self._segment_bytes
+                try:
+                    _write_all(file.fileno(), parts)
+                    self._segment_bytes += size
+                    self._unsynced = True
+                    self._sync_per_policy()
+                except OSError as error:
+                    self._cut_back(start)
+                    raise ArchiveWriteError(path, error) from error
             self.bytes_written += size
             self.records_written += len(frames)
 
@@ -275,13 +281,7 @@ class ArchiveWriter:
         os.fdatasync(descriptor)
         self._unsynced = False
         self._last_sync = self._clock()
-        # What is on disk is read again only by a replay or a restart's resume scan: drop
-        # it from the page cache, so the archive does not fill memory with write-once data
-        # and the next writes reuse the pages just freed (docs/decisions.md, "Daemon").
-        # Only a hint: where a file system refuses it, the archive is just as safe.
-        if _FADVISE:
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        _drop_from_page_cache(descriptor)
 
     @property
     def _file_and_path(self) -> tuple[BinaryIO, Path] | None:
@@ -289,9 +289,11 @@ class ArchiveWriter:
             return None
         return self._file, self._path
 
-    def _start_segment(self) -> tuple[BinaryIO, Path]:
-        """A new segment after every existing one, its magic line and directory entry on
-        disk; on failure no file is left behind."""
+    def _start_segment(self, first_batch: list[bytes]) -> None:
+        """A new segment after every existing one, made with its first batch: the magic
+        line, the batch and the directory entry on disk (whatever the fsync policy: once
+        per segment). On failure the file is removed again, so a segment never exists
+        without a record, however often a full disk makes the daemon retry or restart."""
         directory = self._config.directory
         existing = list_segments(directory)
         index = _segment_index(existing[-1]) + 1 if existing else 1
@@ -303,7 +305,7 @@ class ArchiveWriter:
         except OSError as error:
             raise ArchiveWriteError(path, error) from error
         try:
-            _write_all(file.fileno(), [MAGIC])
+            _write_all(file.fileno(), [MAGIC, *first_batch])
             os.fdatasync(file.fileno())
             _fsync_directory(directory)
         except OSError as error:
@@ -311,11 +313,22 @@ class ArchiveWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise ArchiveWriteError(path, error) from error
+        _drop_from_page_cache(file.fileno())
         self._file, self._path = file, path
-        self._segment_bytes = len(MAGIC)
+        self._segment_bytes = len(MAGIC) + sum(len(part) for part in first_batch)
         self._unsynced = False
+        self._last_sync = self._clock()
         logger.info("archive segment opened", extra={"path": str(path)})
-        return file, path
+
+
+def _drop_from_page_cache(descriptor: int) -> None:
+    """What is on disk is read again only by a replay or a restart's resume scan: drop it
+    from the page cache, so the archive does not fill memory with write-once data and the
+    next writes reuse the pages just freed (docs/decisions.md, "Daemon"). Only a hint:
+    where a file system refuses it, the archive is just as safe."""
+    if _FADVISE:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _write_all(descriptor: int, parts: list[bytes]) -> None:

@@ -115,6 +115,7 @@ def test_synced_records_leave_the_page_cache(tmp_path: Path, fsync: FsyncPolicy)
     """Once on disk the archive is not kept in memory; unsynced data stays until it is."""
     config = ArchiveConfig(directory=tmp_path, fsync=fsync)
     with ArchiveWriter(config) as writer:
+        writer.append([record(99)])  # starts the segment (synced with it, whatever the policy)
         writer.append([record(i, size=64 * 1024) for i in range(32)])  # 2 MiB
         (segment,) = list_segments(tmp_path)
         cached = cached_bytes(segment)
@@ -214,7 +215,9 @@ def test_interval_policy_syncs_when_due(tmp_path: Path) -> None:
     config = ArchiveConfig(directory=tmp_path, fsync="interval", fsync_interval_s=1.0)
     writer = ArchiveWriter(config, clock=lambda: now[0])
     with writer:
-        writer.append([record(0)])
+        writer.append([record(0)])  # a new segment is synced with its first batch
+        assert not writer._unsynced
+        writer.append([record(1)])
         assert writer._unsynced  # not due yet
         now[0] = 1.5
         writer.sync_if_due()
@@ -242,6 +245,9 @@ def test_any_truncation_reads_a_prefix(
     directory = tmp_path_factory.mktemp("archive")
     with ArchiveWriter(ArchiveConfig(directory=directory, fsync="never")) as writer:
         writer.append(records)
+    if not records:
+        assert list_segments(directory) == []  # a segment is made with its first batch
+        return
     (segment,) = list_segments(directory)
     data = segment.read_bytes()
     segment.write_bytes(data[: len(MAGIC) + cut])

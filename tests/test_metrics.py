@@ -53,6 +53,10 @@ ICD_FAMILIES: Mapping[str, tuple[str, frozenset[str]]] = {
     "gs_mqtt_connected": ("gauge", frozenset()),
     "gs_mqtt_reconnects_total": ("counter", frozenset()),
     "gs_mqtt_session_takeovers_total": ("counter", frozenset()),
+    "gs_archive_write_failing": ("gauge", frozenset()),
+    "gs_archive_write_errors_total": ("counter", frozenset()),
+    "gs_archive_filesystem_free_bytes": ("gauge", frozenset()),
+    "gs_archive_filesystem_size_bytes": ("gauge", frozenset()),
     "gs_ingest_queue_depth": ("gauge", frozenset()),
     "gs_sequence_restarts_total": ("counter", frozenset({"vehicle", "apid"})),
     "gs_envelope_restarts_total": ("counter", frozenset({"vehicle"})),
@@ -97,10 +101,6 @@ EXTRA_FAMILIES = frozenset(
         "gs_relay_packets_relayed_total",
         "gs_archive_damaged_records_total",
         "gs_archive_damaged_bytes_total",
-        "gs_archive_write_failing",
-        "gs_archive_write_errors_total",
-        "gs_archive_filesystem_free_bytes",
-        "gs_archive_filesystem_size_bytes",
     }
 )
 CONNECTED = PipelineStatus(
