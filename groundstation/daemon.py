@@ -109,6 +109,7 @@ class Daemon:
                 dictionaries=self.dictionaries,
                 max_payload_bytes=config.ingest.max_payload_bytes,
                 batch_max_envelopes=config.ingest.batch_max_envelopes,
+                max_clock_skew_s=config.ingest.max_clock_skew_s,
             )
         self.subscriber: Subscriber[list[Arrival]] | None = None
         self.sink: ArchivingSink | None = None

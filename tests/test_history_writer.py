@@ -233,3 +233,37 @@ def test_a_duplicate_timestamp_rejects_that_sample_only(tmp_path: Path) -> None:
     assert history.status.samples["rejected"] == 1
     assert history.status.samples["ok"] == total - 1
     assert sorted(picky.accepted) == sorted(s for s in total_receiver.accepted if s != bad)
+
+
+@pytest.mark.parametrize(("max_clock_skew_s", "written"), [(60.0, False), (300.0, True)])
+def test_envelopes_are_judged_with_the_configured_clock_skew(
+    tmp_path: Path, max_clock_skew_s: float, *, written: bool
+) -> None:
+    """A relay clock 100 s ahead of the receive time: invalid under a 60 s skew, valid under
+    300 s, as the live path judges it with the same ingest.max_clock_skew_s."""
+    with ArchiveWriter(ArchiveConfig(directory=tmp_path, fsync="never")) as archive_writer:
+        archive_writer.append(
+            [
+                ArchiveRecord(
+                    topic="mars/tm/ingenuity",
+                    received_at=T0 + 3600 + k - 100.0,  # the envelope's ert is 100 s later
+                    payload=envelope("ingenuity", k, hk(k, k)),
+                    valid=True,
+                )
+                for k in range(4)
+            ]
+        )
+    receiver = Receiver()
+    history = HistoryWriter(
+        HistoryConfig(url="http://127.0.0.1:1/api/v1/write"),
+        archive_dir=tmp_path,
+        dictionaries=load_dictionaries(),
+        max_payload_bytes=2**24,
+        batch_max_envelopes=4,
+        max_clock_skew_s=max_clock_skew_s,
+        send=receiver,
+        sleep=lambda _: False,
+    )
+    history.catch_up()
+    assert bool(receiver.accepted) is written
+    assert history.status.samples.get("ok", 0) == len(receiver.accepted)

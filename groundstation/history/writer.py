@@ -30,6 +30,7 @@ from groundstation import __version__
 from groundstation.archive import ArchiveReader, ArchiveRecord, list_segments
 from groundstation.config import HistoryConfig
 from groundstation.definitions import VehicleDictionary
+from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.history.remote_write import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -233,6 +234,7 @@ class HistoryWriter:
         dictionaries: Mapping[str, VehicleDictionary],
         max_payload_bytes: int,
         batch_max_envelopes: int,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         send: Callable[[bytes], Verdict] | None = None,
         sleep: Callable[[float], bool] | None = None,
     ) -> None:
@@ -249,7 +251,11 @@ class HistoryWriter:
         self.stop = threading.Event()
         self._sleep = sleep or self.stop.wait  # True: stop was asked for
         self._random = random.Random()
-        self._pipeline = Pipeline(dictionaries, telemetry=Telemetry(dictionaries))
+        # Judged as the live path judges (ingest.max_clock_skew_s), so the counts agree.
+        self._max_clock_skew_s = max_clock_skew_s
+        self._pipeline = Pipeline(
+            dictionaries, telemetry=Telemetry(dictionaries), max_clock_skew_s=max_clock_skew_s
+        )
         self._samples = HistorySamples(dictionaries)
         self._position: Position | None = None
         self._rebuilt = False
@@ -272,6 +278,7 @@ class HistoryWriter:
                     (record for _, record in records),
                     max_payload_bytes=self._max_payload_bytes,
                     vehicles=self._dictionaries,
+                    max_clock_skew_s=self._max_clock_skew_s,
                 ),
                 self._batch_envelopes,
             ):
@@ -329,7 +336,10 @@ class HistoryWriter:
                 records = (r for _, r in zip(range(saved.records), records, strict=False))
             for batch in batched(
                 archived_arrivals(
-                    records, max_payload_bytes=self._max_payload_bytes, vehicles=self._dictionaries
+                    records,
+                    max_payload_bytes=self._max_payload_bytes,
+                    vehicles=self._dictionaries,
+                    max_clock_skew_s=self._max_clock_skew_s,
                 ),
                 self._batch_envelopes,
             ):
