@@ -4,7 +4,9 @@ A directory of segment files `segment-NNNNNNNNNN.gsa`, rotated by size. Each sta
 magic line naming the format version; then records. A record (version 2) is a 16-byte
 header `>4sIII` (record magic, body length, CRC-32 of the body, CRC-32 of the header's
 first 12 bytes) followed by the body `>dBH` (receive time, flags, topic length), the topic
-(UTF-8) and the payload. Flag bit 0 marks a valid envelope.
+(UTF-8) and the payload. Flag bit 0 marks a valid envelope; bit 1 the first record
+received after a session takeover (sequence accounting counts the gap before it as taken
+over by another client, not lost).
 
 The header can be checked on its own, so one damaged record does not hide the rest of its
 segment: where a header is intact but its body is not, the reader steps over the body by
@@ -50,6 +52,7 @@ _HEADER_CHECKED: Final = struct.Struct(">4sII")  # the part the header CRC cover
 _PREFIX_V1: Final = struct.Struct(">II")  # body length, CRC-32 of the body
 _BODY_HEADER: Final = struct.Struct(">dBH")  # receive time, flags, topic length
 FLAG_VALID: Final = 0x01
+FLAG_AFTER_TAKEOVER: Final = 0x02
 # Framing sanity: a length beyond this is corruption, not a record (payloads are limited
 # to ingest.max_payload_bytes, 16 MiB by default, far below).
 MAX_RECORD_BYTES: Final = 1 << 30
@@ -66,6 +69,7 @@ class ArchiveRecord:
     received_at: float  # wall clock, UTC seconds since the epoch
     payload: bytes
     valid: bool  # the envelope passed unpack_envelope when it arrived
+    after_takeover: bool = False  # the first received after another client had our session
 
 
 Frame = tuple[bytes, bytes]
@@ -80,9 +84,10 @@ def encode_record(record: ArchiveRecord) -> bytes:
 def frame_record(record: ArchiveRecord) -> Frame:
     """A record as (framing, payload): the payload is not copied, its CRC runs on in place."""
     topic = record.topic.encode("utf-8", errors="surrogateescape")[:MAX_TOPIC_BYTES]
-    head = (
-        _BODY_HEADER.pack(record.received_at, FLAG_VALID if record.valid else 0, len(topic)) + topic
+    flags = (FLAG_VALID if record.valid else 0) | (
+        FLAG_AFTER_TAKEOVER if record.after_takeover else 0
     )
+    head = _BODY_HEADER.pack(record.received_at, flags, len(topic)) + topic
     checked = _HEADER_CHECKED.pack(
         RECORD_MAGIC, len(head) + len(record.payload), crc32(record.payload, crc32(head))
     )
@@ -538,6 +543,7 @@ def _record_of(body: memoryview) -> ArchiveRecord | None:
         received_at=received_at,
         payload=bytes(body[topic_end:]),
         valid=bool(flags & FLAG_VALID),
+        after_takeover=bool(flags & FLAG_AFTER_TAKEOVER),
     )
 
 

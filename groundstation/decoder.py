@@ -210,6 +210,9 @@ class DecodeResult:
     """Net packets lost per known APID by this call; late packets make it smaller."""
     restarts: Mapping[int, int]
     """Counter restarts recognised per known APID by this call (ICD section 6, rule 3)."""
+    taken_over: Mapping[int, int]
+    """Net packets per known APID skipped across a session takeover (`excuse_gaps`): sent
+    to another client with our client id, not lost."""
 
     def counts(self) -> dict[tuple[int, str], int]:
         """Packets per (apid, result name), the shape of gs_packets_total (ICD section 5)."""
@@ -509,6 +512,35 @@ class PacketDecoder:
             raise ValueError(f"buffer sizes add up to {int(ends[-1])}, not {data.shape[0]}")
         return self._split(data, ends - sizes, ends)
 
+    def _window_totals(self) -> dict[int, tuple[int, int, int]]:
+        return {
+            apid: (window.lost, window.restarts, window.taken_over)
+            for apid, window in self._windows.items()
+        }
+
+    def _window_changes(
+        self, before: Mapping[int, tuple[int, int, int]]
+    ) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        """Per APID since `before`: lost and restarts (every known APID), taken over (those
+        that changed)."""
+        lost: dict[int, int] = {}
+        restarts: dict[int, int] = {}
+        taken_over: dict[int, int] = {}
+        for apid, (lost_before, restarts_before, taken_before) in before.items():
+            window = self._windows[apid]
+            lost[apid] = window.lost - lost_before
+            restarts[apid] = window.restarts - restarts_before
+            if window.taken_over != taken_before:
+                taken_over[apid] = window.taken_over - taken_before
+        return lost, restarts, taken_over
+
+    def excuse_gaps(self) -> None:
+        """A session takeover happened before the next envelope: what each APID's next
+        packet skips went to another client with our client id (ICD section 6 accounting,
+        counted `taken_over` instead of lost)."""
+        for window in self._windows.values():
+            window.excuse_next_gap()
+
     def decode(
         self,
         buffers: Sequence[bytes | memoryview],
@@ -578,11 +610,8 @@ class PacketDecoder:
             split, time, crc_ok, result, buffers=len(views), ert=ert, redelivered=redelivered
         )
         columns: dict[int, ApidColumns] = {}
-        lost: dict[int, int] = {}
-        restarts: dict[int, int] = {}
+        before = self._window_totals()
         for apid, packet in self.dictionary.packets.items():
-            window = self._windows[apid]
-            lost_before, restarts_before = window.lost, window.restarts
             ok = self._account(
                 apid,
                 present=present.get(apid, 0),
@@ -592,8 +621,6 @@ class PacketDecoder:
                 time=time,
                 result=result,
             )
-            lost[apid] = window.lost - lost_before
-            restarts[apid] = window.restarts - restarts_before
             if _size(ok, count) == 0:
                 continue
             source: _FieldSource
@@ -613,6 +640,7 @@ class PacketDecoder:
                 source=source,
             )
 
+        lost, restarts, taken_over = self._window_changes(before)
         return DecodeResult(
             buffer=split.buffer,
             offset=split.offset if len(views) == 1 else split.offset - starts[split.buffer],
@@ -624,6 +652,7 @@ class PacketDecoder:
             columns=MappingProxyType(columns),
             lost=MappingProxyType(lost),
             restarts=MappingProxyType(restarts),
+            taken_over=MappingProxyType(taken_over),
         )
 
     def _one_memory(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -71,6 +72,7 @@ class Delivery:
     received_at: float  # wall clock, UTC seconds
     qos: int
     mid: int
+    after_takeover: bool = False  # the first message after another client had our session
 
 
 class Sink(Protocol[_T]):
@@ -378,6 +380,7 @@ class Subscriber(Generic[_T]):
         self._connections_made = 0
         self._unacked = 0
         self._takeovers = 0
+        self._after_takeover = False  # the next message stored is the first after one
         self.inbox_peak = 0  # most messages ever queued in aiomqtt at once (tests)
         self.inbox_peak_bytes = 0  # most payload bytes ever queued at once (tests)
         self.connected_event = asyncio.Event()  # set while subscribed; tests await it
@@ -435,6 +438,7 @@ class Subscriber(Generic[_T]):
         """Another client connected with our client id (two daemons configured alike): each
         takes the session from the other, and each archives only part of the stream."""
         self._takeovers += 1
+        self._after_takeover = True
         logger.error(
             "MQTT session of client id %r at %s taken over by another connection with the"
             " same client id (DISCONNECT 0x8E, or closed within %.0f s of connecting): is a"
@@ -468,7 +472,12 @@ class Subscriber(Generic[_T]):
                         batch = await self._next_batch(connection, stopping, subscribing)
                         if not batch:
                             continue
+                        if self._after_takeover:
+                            # What went to the other client is not lost here (ICD section 6
+                            # accounting counts the gap before this message taken over).
+                            batch[0] = dataclasses.replace(batch[0], after_takeover=True)
                         stored = await self._sink.store(batch)
+                        self._after_takeover = False
                         self._ack(connection.paho, batch)
                         await self._sink.forward(stored)
                     held = self._stop_reading(connection)

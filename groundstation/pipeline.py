@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import multiprocessing
 import os
@@ -65,6 +66,9 @@ class Arrival:
     received_at: float
     size: int  # payload bytes, for the queue's byte bound
     envelope: Envelope | Invalid
+    # The first received after a session takeover: the gaps before it went to the other
+    # client with our client id (sequence accounting counts them taken over, not lost).
+    after_takeover: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,7 @@ def check_payload(
     max_payload_bytes: int,
     vehicles: Iterable[str],
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+    after_takeover: bool = False,
 ) -> Arrival:
     """Validate one payload (cheap msgpack unpack) into an Arrival; never raises.
 
@@ -169,7 +174,13 @@ def check_payload(
         envelope = check_arrival(
             envelope, topic=topic, received_at=received_at, max_clock_skew_s=max_clock_skew_s
         )
-    return Arrival(topic=topic, received_at=received_at, size=len(payload), envelope=envelope)
+    return Arrival(
+        topic=topic,
+        received_at=received_at,
+        size=len(payload),
+        envelope=envelope,
+        after_takeover=after_takeover,
+    )
 
 
 class Pipeline:
@@ -199,6 +210,18 @@ class Pipeline:
         `splits`: step 1 of decoding a vehicle's envelopes, if found beforehand (the parent
         finds it while the child decodes the batch before: `PacketSlots.fill`).
         """
+        takeovers = [index for index, a in enumerate(batch) if a.after_takeover and index]
+        if takeovers:
+            # Rare (replay, history): a takeover inside the batch; its accounting must fall
+            # between the parts. (The live path never merges across one: `IngestQueue.take`.)
+            decoded: list[Decoded] = []
+            for start, end in itertools.pairwise([0, *takeovers, len(batch)]):
+                decoded += self.process(batch[start:end])
+            return decoded
+        if batch and batch[0].after_takeover:
+            self.telemetry.excuse_gaps()
+            for decoder in self.decoders.values():
+                decoder.excuse_gaps()
         by_vehicle: dict[str, list[Envelope]] = {}
         redelivered: dict[str, list[bool]] = {}
         for arrival in batch:
@@ -215,7 +238,7 @@ class Pipeline:
             )
             by_vehicle.setdefault(envelope.vehicle, []).append(envelope)
             redelivered.setdefault(envelope.vehicle, []).append(verdict == "duplicate")
-        decoded: list[Decoded] = []
+        decoded = []
         for vehicle, envelopes in by_vehicle.items():
             started = self._clock()
             found = None if splits is None else splits.get(vehicle)
@@ -253,6 +276,7 @@ def archived_arrivals(
             max_payload_bytes=max_payload_bytes,
             vehicles=names,
             max_clock_skew_s=max_clock_skew_s,
+            after_takeover=record.after_takeover,
         )
 
 
@@ -418,12 +442,14 @@ class ArchivingSink:
                 max_payload_bytes=self._max_payload_bytes,
                 vehicles=self._vehicles,
                 max_clock_skew_s=self._max_clock_skew_s,
+                after_takeover=delivery.after_takeover,
             )
             record = ArchiveRecord(
                 topic=delivery.topic,
                 received_at=delivery.received_at,
                 payload=delivery.payload,
                 valid=isinstance(arrival.envelope, Envelope),
+                after_takeover=delivery.after_takeover,
             )
             arrivals.append(arrival)
             frames.append(frame_record(record))
@@ -472,6 +498,8 @@ class IngestQueue:
             while self._items and len(taken) < max_envelopes:
                 if taken and size + self._items[0].size > max_bytes:
                     break
+                if taken and self._items[0].after_takeover:
+                    break  # accounted between batches (`Pipeline.process`)
                 taken.append(self._items.popleft())
                 size += taken[-1].size
             self._bytes -= size
@@ -510,6 +538,7 @@ class Shipment:
     lane: int
     items: list[ShippedEnvelope | Arrival]
     splits: tuple[ShippedSplit, ...] = ()
+    after_takeover: bool = False  # of the first item (an invalid one carries its own)
 
 
 class PacketSlots:
@@ -603,7 +632,12 @@ class PacketSlots:
                  start, next_start[vehicle])
             )  # fmt: skip
             at = stored
-        return Shipment(lane=lane, items=items, splits=tuple(splits))
+        return Shipment(
+            lane=lane,
+            items=items,
+            splits=tuple(splits),
+            after_takeover=bool(batch) and batch[0].after_takeover,
+        )
 
     def close(self) -> None:
         """Release and remove the memory (the child has stopped using it)."""
@@ -672,7 +706,8 @@ def unpack_shipment(
             ert=ert,
             packets=memory[base + start : base + end],
         )
-        arrivals.append(Arrival(topic, received_at, size, envelope))
+        first = shipment.after_takeover and not arrivals
+        arrivals.append(Arrival(topic, received_at, size, envelope, after_takeover=first))
     splits: dict[str, FoundSplit] = {}
     if shipment.splits:
         slot = np.frombuffer(memory, dtype=np.uint8)[base : base + slot_bytes]

@@ -19,14 +19,20 @@ packet of the newest time accounted so far) has count ``n`` and time ``T`` (coun
        seen with another time        -> ok, late: now seen with both times
     t <= T, c outside the window     -> ok, late; nothing changes
 
+After a session takeover (another client with our client id held the MQTT session for a
+while, and received what was sent meanwhile), `excuse_next_gap` makes the next ``ahead``
+step count the counts it skips between newest and itself as ``taken_over`` instead of
+lost; a late packet at such a count takes one back from ``taken_over``.
+
 A packet newer than newest cannot be a copy of anything accounted, so only packets that
 are not newer are looked up. Each count in the window has a slot in a ring indexed by
 ``count mod window`` holding the time of the packet seen at that count, ``-inf`` when it
-was counted lost, NaN when neither: the window's counts fall in distinct slots, and a count
-entering the window (when newest advances) overwrites the slot of the count that leaves it.
-Times are finite (packet time from a 32-bit SCLK, or a checked ``ert``), so the two markers
-never equal one. A count seen with a second time (a late packet from before a reboot, say)
-keeps the other times in a small dict beside the ring, empty in a stream without reboots.
+was counted lost, ``+inf`` when counted taken over, NaN when none of these: the window's
+counts fall in distinct slots, and a count entering the window (when newest advances)
+overwrites the slot of the count that leaves it. Times are finite (packet time from a
+32-bit SCLK, or a checked ``ert``), so the markers never equal one. A count seen with a
+second time (a late packet from before a reboot, say) keeps the other times in a small
+dict beside the ring, empty in a stream without reboots.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ SEQ_WINDOW: Final = 8192  # ICD section 6: the last 8192 sequence counts
 # Slot markers of the ring (a slot otherwise holds the time of the packet seen).
 _UNSEEN: Final = np.nan  # not received, and never counted lost (before the window started)
 _LOST: Final = -np.inf  # skipped when newest advanced past it: counted lost
+_TAKEN: Final = np.inf  # skipped across a session takeover: counted taken over
 _NO_STEPS: Final = np.zeros(0, dtype=np.int64)
 
 
@@ -69,9 +76,16 @@ class SequenceWindow:
         """Counts skipped and not (yet) received late; grows and shrinks as packets arrive."""
         self.restarts = 0
         """Newer packets whose count did not advance within the window (ICD 6, rule 3)."""
+        self.taken_over = 0
+        """Counts skipped across a session takeover (`excuse_next_gap`), not received late."""
+        self._excused = False
         self._seen = np.full(window, _UNSEEN, dtype=np.float64)
         self._also_seen: dict[int, set[float]] = {}
         """Slot -> further times seen at the slot's count, beyond the one in the ring."""
+
+    def excuse_next_gap(self) -> None:
+        """The counts the next ahead step skips went to another client: not lost here."""
+        self._excused = True
 
     def account(self, count: int, time: float) -> SequenceResult:
         """Classify one packet and update the window: the rule in the module docstring."""
@@ -86,6 +100,7 @@ class SequenceWindow:
                 return "ok"
             if newest is not None:
                 self.restarts += 1
+            self._excused = False  # nothing is skipped: no gap to excuse
             self._seen[:] = _UNSEEN
             self._also_seen.clear()
             self._seen[slot] = time
@@ -98,6 +113,9 @@ class SequenceWindow:
             return "duplicate"
         if seen == _LOST:
             self.lost -= 1
+            self._seen[slot] = time
+        elif seen == _TAKEN:
+            self.taken_over -= 1
             self._seen[slot] = time
         elif np.isnan(seen):
             self._seen[slot] = time
@@ -178,7 +196,10 @@ class SequenceWindow:
         """
         total_skipped = first_skipped + int(skipped.sum())
         advance = total_skipped + run.shape[0]  # how far newest moves
-        self.lost += total_skipped
+        excused = first_skipped if self._excused else 0
+        self._excused = False
+        self.lost += total_skipped - excused
+        self.taken_over += excused
         if self._also_seen:  # the counts passed over leave the window with their times
             self._also_seen = {
                 slot: times
@@ -201,6 +222,12 @@ class SequenceWindow:
                 entering = np.arange(newest + 1, newest + advance + 1) % self.window
                 self._seen[entering] = _LOST
             counts, seen = run, run_times
+        if excused:
+            # The excused counts newest + 1 .. newest + excused, those still in the window.
+            first = max(newest + 1, newest + advance - self.window + 1)
+            last = newest + excused
+            if first <= last:
+                self._seen[np.arange(first, last + 1) % self.window] = _TAKEN
         self._seen[counts % self.window] = seen
         self.newest = int(run[-1])
         self.newest_time = float(run_times[-1])

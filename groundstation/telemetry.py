@@ -203,6 +203,19 @@ ENVELOPE_RESTARTS: Final = _counter(
     "vehicle",
     help="Envelope seq restarts recognised (a newer ert, seq not ahead), summed over relays.",
 )
+# Missing across a session takeover (docs/reliability.md, "Session takeover"): received by
+# another client with our client id, so not lost by this daemon.
+ENVELOPES_TAKEN_OVER: Final = _counter(
+    "gs_envelopes_taken_over_total",
+    "vehicle",
+    help="Envelopes missing by seq across a session takeover (sent to the other client).",
+)
+PACKETS_TAKEN_OVER: Final = _counter(
+    "gs_packets_taken_over_total",
+    "vehicle",
+    "apid",
+    help="Packets missing by sequence across a session takeover (sent to the other client).",
+)
 LAST_PACKET_TIME: Final = _gauge(
     "gs_last_packet_time_seconds",
     "vehicle",
@@ -288,6 +301,8 @@ TELEMETRY_FAMILIES: Final = (
     EVENTS,
     SEQUENCE_RESTARTS,
     ENVELOPE_RESTARTS,
+    ENVELOPES_TAKEN_OVER,
+    PACKETS_TAKEN_OVER,
     LAST_PACKET_TIME,
     LAST_RECEIVE_TIME,
     PACKET_LATENCY,
@@ -661,11 +676,13 @@ class _VehicleState:
         self._envelopes_lost = self.values[ENVELOPES_LOST] = {(): 0.0}
         self._envelopes_duplicate = self.values[ENVELOPES_DUPLICATE] = {(): 0.0}
         self._envelope_restarts = self.values[ENVELOPE_RESTARTS] = {(): 0.0}
+        self._envelopes_taken_over = self.values[ENVELOPES_TAKEN_OVER] = {(): 0.0}
         self.values[PACKETS] = {}
         for apid in dictionary.packets:
             self._add_apid_row(str(apid))
         self.values[PACKETS_LOST] = {(str(apid),): 0.0 for apid in dictionary.packets}
         self.values[SEQUENCE_RESTARTS] = {(str(apid),): 0.0 for apid in dictionary.packets}
+        self.values[PACKETS_TAKEN_OVER] = {(str(apid),): 0.0 for apid in dictionary.packets}
         severities = {
             name: 0.0 for names in self._event_severities.values() for name in names.values()
         }
@@ -696,6 +713,10 @@ class _VehicleState:
         series = self.values[family]
         series[labels] = series.get(labels, 0.0) + amount
 
+    def excuse_gaps(self) -> None:
+        for window in self._relays.values():
+            window.excuse_next_gap()
+
     def record_envelope(
         self, *, relay: str, seq: int, ert: float, received_at: float
     ) -> SequenceResult:
@@ -709,6 +730,7 @@ class _VehicleState:
         else:
             self._relays.move_to_end(relay)  # most recently heard last
         lost_before, restarts_before = window.lost, window.restarts
+        taken_before = window.taken_over
         verdict = window.account(seq, ert)
         if verdict == "duplicate":
             self._envelopes_duplicate[()] += 1.0
@@ -717,6 +739,8 @@ class _VehicleState:
             self._envelopes_lost[()] += float(window.lost - lost_before)
         if window.restarts != restarts_before:
             self._envelope_restarts[()] += float(window.restarts - restarts_before)
+        if window.taken_over != taken_before:
+            self._envelopes_taken_over[()] += float(window.taken_over - taken_before)
         receive = self.values.setdefault(LAST_RECEIVE_TIME, {})
         receive[()] = max(received_at, receive.get((), -math.inf))
         return verdict
@@ -729,6 +753,8 @@ class _VehicleState:
         for apid, restarts in result.restarts.items():
             if restarts:
                 self.add(SEQUENCE_RESTARTS, (self.apid_label(apid),), float(restarts))
+        for apid, taken in result.taken_over.items():
+            self.add(PACKETS_TAKEN_OVER, (self.apid_label(apid),), float(taken))
         ok = result.result == OK
         if ok.all():  # the usual case: no need to select
             self.latency.observe(ert[result.buffer] - result.time)
@@ -827,6 +853,12 @@ class Telemetry:
         return self._vehicle(vehicle).record_envelope(
             relay=relay, seq=seq, ert=ert, received_at=received_at
         )
+
+    def excuse_gaps(self) -> None:
+        """A session takeover happened before the next envelope: the seq each relay's next
+        envelope skips went to another client with our client id, counted taken over."""
+        for state in self._vehicles.values():
+            state.excuse_gaps()
 
     def record_packets(
         self, *, vehicle: str, result: DecodeResult, ert: NDArray[np.float64]

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def test_records_round_trip_in_order(tmp_path: Path) -> None:
     assert list(reader.records()) == written
     assert reader.stats.records == 50
     assert reader.stats.damaged_records == 0
+
+
+def test_the_takeover_mark_round_trips(tmp_path: Path) -> None:
+    """Flag bit 1: the first record received after a session takeover (replay counts the
+    gap before it taken over, as the live path did)."""
+    written = [record(0), replace(record(1), after_takeover=True), record(2, valid=False)]
+    with ArchiveWriter(ArchiveConfig(directory=tmp_path)) as writer:
+        writer.append(written)
+    assert [r.after_takeover for r in ArchiveReader(tmp_path).records()] == [False, True, False]
+    assert list(ArchiveReader(tmp_path).records()) == written
 
 
 def test_framed_size_is_what_a_record_takes_on_disk(tmp_path: Path) -> None:

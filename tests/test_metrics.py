@@ -53,6 +53,8 @@ ICD_FAMILIES: Mapping[str, tuple[str, frozenset[str]]] = {
     "gs_mqtt_connected": ("gauge", frozenset()),
     "gs_mqtt_reconnects_total": ("counter", frozenset()),
     "gs_mqtt_session_takeovers_total": ("counter", frozenset()),
+    "gs_envelopes_taken_over_total": ("counter", frozenset({"vehicle"})),
+    "gs_packets_taken_over_total": ("counter", frozenset({"vehicle", "apid"})),
     "gs_archive_write_failing": ("gauge", frozenset()),
     "gs_archive_write_errors_total": ("counter", frozenset()),
     "gs_archive_filesystem_free_bytes": ("gauge", frozenset()),

@@ -3,7 +3,9 @@
 Real Mosquitto, two real daemon processes with the same `--client-id` and their own
 archives, the simulator flying flight 3 live. Each daemon recognises the takeover (MQTT 5
 DISCONNECT 0x8E), logs it as an error naming the client id and counts it in
-`gs_mqtt_session_takeovers_total`; between them the two archives hold every envelope.
+`gs_mqtt_session_takeovers_total`; between them the two archives hold every envelope. What
+one daemon misses because the other held the session is counted taken over, not lost, live
+and in a replay of its archive alike.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from groundstation.archive import ArchiveReader
 from groundstation.config import parse_broker_url
 from groundstation.envelope import Envelope, unpack_envelope
 from simulators.run import Simulation, SimulationOptions, simulate
+from tests.daemon_support import replay_summary
 from tests.reliability_support import DaemonProcess, Samples, record_figures, total
 from tests.services import Mosquitto
 
@@ -71,8 +74,9 @@ async def test_two_daemons_with_one_client_id_detect_the_takeover_and_lose_nothi
     3. Both count takeovers and log them as errors naming the client id.
     4. The union of both archives holds every envelope the simulator published; each holds
        only part of it.
-    5. Each daemon's gs_envelopes_lost_total is exactly the seq gaps of its own archive,
-       and each of those envelopes is in the other daemon's archive.
+    5. Each daemon's seq gaps are all in the other daemon's archive, and it counts them
+       taken over (gs_envelopes_taken_over_total), none lost; packets likewise; a replay
+       of its archive counts the same.
     """
     options = SimulationOptions(
         profile="flight3",
@@ -98,8 +102,11 @@ async def test_two_daemons_with_one_client_id_detect_the_takeover_and_lose_nothi
     ]
     a, b = twins
     try:
-        a.start()
-        b.start(wait_connected=False)
+        # Started together, so that every takeover, the first one too, comes within
+        # STABLE_CONNECTION_S of a connection (Mosquitto 2.0.11 says none with 0x8E).
+        await asyncio.gather(
+            asyncio.to_thread(a.start), asyncio.to_thread(b.start, wait_connected=False)
+        )
         started = time.monotonic()
         report = (await simulate(options)).document
         flown_s = time.monotonic() - started
@@ -121,6 +128,10 @@ async def test_two_daemons_with_one_client_id_detect_the_takeover_and_lose_nothi
     archived = [payloads for _, payloads in settle]
     takeovers = [total(s, "gs_mqtt_session_takeovers_total") for s in samples]
     lost = [total(s, "gs_envelopes_lost_total") for s in samples]
+    taken = [total(s, "gs_envelopes_taken_over_total") for s in samples]
+    packets_lost = [total(s, "gs_packets_lost_total") for s in samples]
+    packets_taken = [total(s, "gs_packets_taken_over_total") for s in samples]
+    replayed = [replay_summary(twin.archive_dir)["counters"] for twin in twins]
     missing = [gaps(seqs(payloads)) for payloads in archived]
     record_figures(
         "takeover",
@@ -135,6 +146,12 @@ async def test_two_daemons_with_one_client_id_detect_the_takeover_and_lose_nothi
             "archived_by_both": len(set(archived[0]) & set(archived[1])),
             "lost_a": lost[0],
             "lost_b": lost[1],
+            "taken_over_a": taken[0],
+            "taken_over_b": taken[1],
+            "packets_lost_a": packets_lost[0],
+            "packets_lost_b": packets_lost[1],
+            "packets_taken_over_a": packets_taken[0],
+            "packets_taken_over_b": packets_taken[1],
         },
     )
     assert len(expected) == published
@@ -148,11 +165,20 @@ async def test_two_daemons_with_one_client_id_detect_the_takeover_and_lose_nothi
         assert errors, twin.log_tail()
     # Nothing lost: every envelope is in one archive or the other.
     assert expected <= set(archived[0]) | set(archived[1])
-    # The loss counter counts what this daemon did not receive (docs/reliability.md,
-    # Session takeover): exactly its archive's gaps, every one of them in the other archive.
-    for own, other, counted in ((0, 1, lost[0]), (1, 0, lost[1])):
-        assert counted == sum(len(gap) for gap in missing[own].values())
+    # What one daemon misses the other received: counted taken over, not lost
+    # (docs/reliability.md, Session takeover), exactly its archive's gaps.
+    for own, other in ((0, 1), (1, 0)):
         other_seqs = seqs(archived[other])
         assert all(gap <= other_seqs.get(key, set()) for key, gap in missing[own].items())
+        assert taken[own] == sum(len(gap) for gap in missing[own].values()) > 0
+        assert lost[own] == 0
+        assert packets_lost[own] == 0
+        assert packets_taken[own] > 0
+        # The archive marks the first record after each takeover: replay counts the same.
+        for name in ("gs_envelopes_lost_total", "gs_envelopes_taken_over_total",
+                     "gs_packets_lost_total", "gs_packets_taken_over_total"):  # fmt: skip
+            assert sum(v for k, v in replayed[own].items() if k.startswith(name + "{")) == total(
+                samples[own], name
+            ), name
     # Each daemon received only part of the stream.
     assert all(0 < len(payloads) < published for payloads in archived), [len(p) for p in archived]

@@ -322,7 +322,10 @@ def test_packet_slots_carry_each_lanes_packets_to_the_reader() -> None:
         try:
             for batch, shipment in zip(batches, shipments, strict=True):
                 # Only metadata is pickled: the packets are not in the shipment.
-                assert len(pickle.dumps(shipment)) < 100 * len(batch)
+                pickled = pickle.dumps(shipment)
+                for item in batch:
+                    if isinstance(item.envelope, Envelope) and item.envelope.packets:
+                        assert bytes(item.envelope.packets) not in pickled
                 rebuilt, splits = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
                 assert [_comparable(a) for a in rebuilt] == [_comparable(a) for a in batch]
                 assert splits == {}  # none asked for
@@ -426,7 +429,7 @@ def _comparable(item: Arrival) -> tuple[object, ...]:
     envelope = item.envelope
     if isinstance(envelope, Envelope):
         envelope = replace(envelope, packets=bytes(envelope.packets))
-    return (item.topic, item.received_at, item.size, envelope)
+    return (item.topic, item.received_at, item.size, envelope, item.after_takeover)
 
 
 # --- impossible times and topics (ICD section 6) ------------------------------------------
@@ -518,3 +521,72 @@ def test_topic_mismatch_is_invalid_counted_and_logged(caplog: pytest.LogCaptureF
     assert counts['gs_envelopes_total{result="invalid",vehicle="ingenuity"}'] == 8
     assert counts['gs_envelopes_total{result="ok",vehicle="ingenuity"}'] == 0
     assert counts[OK] == 0
+
+
+# --- session takeovers (docs/reliability.md, "Session takeover") ---------------------------
+
+
+def taken_over_stream() -> list[Arrival]:
+    """Envelopes 0-9, then 20-29 with the first marked as received after a takeover."""
+    before = [arrival(envelope(seq), received_at=1.7e9 + seq) for seq in range(10)]
+    after = [arrival(envelope(seq), received_at=1.7e9 + seq) for seq in range(20, 30)]
+    after[0] = replace(after[0], after_takeover=True)
+    return before + after
+
+
+def counter(pipeline: Pipeline, name: str) -> float:
+    return sum(
+        value
+        for family in pipeline.telemetry.snapshot().families
+        if family.family.name == name
+        for _, value in family.samples
+    )
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 10, 20])
+def test_a_gap_after_a_takeover_is_taken_over_not_lost_in_any_batching(batch_size: int) -> None:
+    """The 10 envelopes (and their packets) the other client received count taken over,
+    wherever the batches fall (replay and the history writer batch without regard to it)."""
+    pipeline = new_pipeline()
+    stream = taken_over_stream()
+    for start in range(0, len(stream), batch_size):
+        pipeline.process(stream[start : start + batch_size])
+    assert counter(pipeline, "gs_envelopes_lost_total") == 0
+    assert counter(pipeline, "gs_envelopes_taken_over_total") == 10
+    assert counter(pipeline, "gs_packets_lost_total") == 0
+    assert counter(pipeline, "gs_packets_taken_over_total") == 10 * HK_PER_ENVELOPE
+
+
+def test_without_the_mark_the_same_gap_is_lost() -> None:
+    pipeline = new_pipeline()
+    pipeline.process([replace(a, after_takeover=False) for a in taken_over_stream()])
+    assert counter(pipeline, "gs_envelopes_lost_total") == 10
+    assert counter(pipeline, "gs_envelopes_taken_over_total") == 0
+    assert counter(pipeline, "gs_packets_lost_total") == 10 * HK_PER_ENVELOPE
+
+
+@pytest.mark.asyncio
+async def test_ingest_queue_never_merges_a_batch_across_a_takeover() -> None:
+    """The decoding child applies a takeover between batches: it starts one."""
+    queue = IngestQueue(max_envelopes=100, max_bytes=1 << 20)
+    stream = taken_over_stream()
+    await queue.put(stream)
+    assert await queue.take(100, 1 << 20) == stream[:10]
+    assert await queue.take(100, 1 << 20) == stream[10:]
+
+
+def test_a_shipment_carries_the_takeover_mark_of_its_first_arrival() -> None:
+    slots = PacketSlots(lanes=1, slot_bytes=1 << 16)
+    try:
+        batch = taken_over_stream()[10:]
+        shipment = slots.fill(0, batch)
+        assert shipment.after_takeover
+        reader = SharedMemory(name=slots.name)
+        try:
+            rebuilt, _ = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
+            assert [a.after_takeover for a in rebuilt] == [True] + [False] * 9
+            del rebuilt
+        finally:
+            reader.close()
+    finally:
+        slots.close()

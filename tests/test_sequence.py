@@ -22,8 +22,11 @@ class Reference:
     newest_time: float = 0.0
     lost: int = 0
     restarts: int = 0
+    taken_over: int = 0
+    excused: bool = False  # the next rule 2 step's skipped counts are taken over, not lost
     seen: dict[int, set[float]] = field(default_factory=dict)  # count -> times seen
     lost_counts: set[int] = field(default_factory=set)
+    taken_counts: set[int] = field(default_factory=set)
 
     def among_last_counts(self, count: int) -> bool:
         assert self.newest is not None
@@ -33,6 +36,7 @@ class Reference:
         """One packet; True for a duplicate."""
         if self.newest is None:
             self.newest, self.newest_time, self.seen = count, time, {count: {time}}
+            self.excused = False
             return False
         # Rule 1: the same (count, time) as a packet seen among the last 8192 counts.
         if self.among_last_counts(count) and time in self.seen.get(count, set()):
@@ -41,24 +45,36 @@ class Reference:
             d = (count - self.newest) % self.modulus
             if 1 <= d <= self.window and not (count == 0 and d > 1):  # rule 2
                 skipped = {(self.newest + k) % self.modulus for k in range(1, d)}
-                self.lost += d - 1
-                self.lost_counts |= skipped
+                if self.excused:
+                    self.taken_over += d - 1
+                    self.taken_counts |= skipped
+                    self.lost_counts -= skipped
+                else:
+                    self.lost += d - 1
+                    self.lost_counts |= skipped
+                    self.taken_counts -= skipped
                 for gone in skipped:
                     self.seen.pop(gone, None)
                 self.seen.setdefault(count, set()).add(time)
                 self.lost_counts.discard(count)
+                self.taken_counts.discard(count)
             else:  # rule 3: a restart, the window afresh from it
                 self.restarts += 1
-                self.seen, self.lost_counts = {count: {time}}, set()
+                self.seen, self.lost_counts, self.taken_counts = {count: {time}}, set(), set()
+            self.excused = False
             self.newest, self.newest_time = count, time
             self.seen = {c: t for c, t in self.seen.items() if self.among_last_counts(c)}
             self.lost_counts = {c for c in self.lost_counts if self.among_last_counts(c)}
+            self.taken_counts = {c for c in self.taken_counts if self.among_last_counts(c)}
             return False
-        # Rule 4: late; takes one back from lost if its count was counted lost.
+        # Rule 4: late; takes one back from lost (or taken over) if its count was counted so.
         if self.among_last_counts(count):
             if count in self.lost_counts:
                 self.lost -= 1
                 self.lost_counts.discard(count)
+            elif count in self.taken_counts:
+                self.taken_over -= 1
+                self.taken_counts.discard(count)
             self.seen.setdefault(count, set()).add(time)
         return False
 
@@ -181,10 +197,13 @@ count_steps = st.one_of(
     st.integers(-16384, 16384),
 )
 time_steps = st.one_of(st.just(1.0), st.sampled_from([0.0, -1.0, -3.0, 2.0, -100.0]))
-# A packet: its count step and time step, or a repeat of an earlier packet (by how far back).
+# A packet: its count step and time step, or a repeat of an earlier packet (by how far back),
+# or a session takeover (EXCUSE: the next gap is excused).
+EXCUSE = "excuse"
 packets = st.one_of(
     st.tuples(count_steps, time_steps),
     st.tuples(st.just(None), st.integers(1, 50)),
+    st.tuples(st.just(EXCUSE), st.just(0)),
 )
 
 
@@ -202,40 +221,84 @@ packets = st.one_of(
 )
 def test_vectorised_equals_scalar_and_the_icd_text(
     start: int,
-    runs: list[list[tuple[int | None, float]]],
+    runs: list[list[tuple[int | str | None, float]]],
     cuts: list[int],
     to_zero: bool,
 ) -> None:
     """account_many, in any split across calls, equals account one by one and `Reference`:
-    duplicates, lost, restarts and newest, on streams with reboots, jumps, copies and late
-    packets (`to_zero`: jumps land on count 0, the reboot case)."""
-    stream: list[tuple[int, float]] = []
+    duplicates, lost, taken over, restarts and newest, on streams with reboots, jumps,
+    copies, late packets and session takeovers (`to_zero`: jumps land on count 0, the
+    reboot case)."""
+    stream: list[tuple[int, float] | None] = []  # None: a takeover before the next packet
     count, time = start, 1000.0
     for step_count, step in (p for run in runs for p in run):
-        if step_count is None:  # a copy of an earlier packet
-            if stream:
-                stream.append(stream[max(0, len(stream) - int(step))])
+        if step_count == EXCUSE:
+            stream.append(None)
             continue
+        if step_count is None:  # a copy of an earlier packet
+            earlier = [p for p in stream if p is not None]
+            if earlier:
+                stream.append(earlier[max(0, len(earlier) - int(step))])
+            continue
+        assert isinstance(step_count, int)
         count = 0 if to_zero and abs(step_count) > 2 else (count + step_count) % 16384
         time += step
         stream.append((count, time))
     reference = Reference()
-    expected = [reference.account(c, t) for c, t in stream]
     scalar = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
-    assert [scalar.account(c, t) == "duplicate" for c, t in stream] == expected
-    counts = np.array([c for c, _ in stream], dtype=np.int64)
-    times = np.array([t for _, t in stream], dtype=np.float64)
+    expected: list[bool] = []
+    scalar_duplicates: list[bool] = []
+    for item in stream:
+        if item is None:
+            reference.excused = True
+            scalar.excuse_next_gap()
+        else:
+            expected.append(reference.account(*item))
+            scalar_duplicates.append(scalar.account(*item) == "duplicate")
+    assert scalar_duplicates == expected
+    # Vectorised: pieces end at every takeover and at the random cuts.
     vectorised = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
-    edges = sorted(c for c in cuts if c <= len(stream))
-    duplicates = [
-        bool(d)
-        for piece, piece_times in zip(np.split(counts, edges), np.split(times, edges), strict=True)
-        for d in vectorised.account_many(piece, piece_times)
-    ]
+    duplicates: list[bool] = []
+    piece: list[tuple[int, float]] = []
+    cut_at = set(cuts)
+
+    def flush() -> None:
+        if piece:
+            counts = np.array([c for c, _ in piece], dtype=np.int64)
+            times = np.array([t for _, t in piece], dtype=np.float64)
+            duplicates.extend(bool(d) for d in vectorised.account_many(counts, times))
+            piece.clear()
+
+    for index, item in enumerate(stream):
+        if item is None:
+            flush()
+            vectorised.excuse_next_gap()
+            continue
+        if index in cut_at:
+            flush()
+        piece.append(item)
+    flush()
     assert duplicates == expected
     assert vectorised.lost == scalar.lost == reference.lost
+    assert vectorised.taken_over == scalar.taken_over == reference.taken_over
     assert vectorised.restarts == scalar.restarts == reference.restarts
     assert vectorised.newest == scalar.newest == reference.newest
+
+
+def test_a_gap_across_a_session_takeover_is_taken_over_not_lost() -> None:
+    """10 accounted, a takeover, 20 arrives: 11-19 taken over; 15 late takes one back; the
+    next gap (20 -> 25) is lost as usual."""
+    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    for count in range(11):
+        window.account(count, float(count))
+    window.excuse_next_gap()
+    assert window.account(20, 20.0) == "ok"
+    assert (window.lost, window.taken_over) == (0, 9)
+    assert window.account(15, 15.0) == "ok"
+    assert (window.lost, window.taken_over) == (0, 8)
+    assert window.account(15, 15.0) == "duplicate"
+    window.account(25, 25.0)
+    assert (window.lost, window.taken_over) == (4, 8)
 
 
 def test_long_advancing_run() -> None:
