@@ -29,7 +29,8 @@ from groundstation.broker import embedded_broker
 from groundstation.config import Config
 from groundstation.definitions import load_dictionaries
 from groundstation.errors import AddressInUseError
-from groundstation.history.writer import HistoryCollector, HistoryWriter
+from groundstation.history.process import HistoryProcess, HistorySettings
+from groundstation.history.writer import HistoryCollector
 from groundstation.metrics import PipelineStatus, TelemetryCollector
 from groundstation.mqtt import Subscriber
 from groundstation.pipeline import (
@@ -100,16 +101,18 @@ class Daemon:
             batch_max_envelopes=config.ingest.batch_max_envelopes,
             batch_max_bytes=config.ingest.batch_max_bytes,
         )
-        self.history: HistoryWriter | None = None
+        self.history: HistoryProcess | None = None
         if config.history.url is not None:
-            # A second consumer of the archive, in a thread of its own (docs/history.md).
-            self.history = HistoryWriter(
-                config.history,
-                archive_dir=config.archive.directory,
-                dictionaries=self.dictionaries,
-                max_payload_bytes=config.ingest.max_payload_bytes,
-                batch_max_envelopes=config.ingest.batch_max_envelopes,
-                max_clock_skew_s=config.ingest.max_clock_skew_s,
+            # A second consumer of the archive, in a process of its own (docs/history.md).
+            self.history = HistoryProcess(
+                HistorySettings(
+                    config=config.history,
+                    archive_dir=config.archive.directory,
+                    max_payload_bytes=config.ingest.max_payload_bytes,
+                    batch_max_envelopes=config.ingest.batch_max_envelopes,
+                    batch_max_bytes=config.ingest.batch_max_bytes,
+                    max_clock_skew_s=config.ingest.max_clock_skew_s,
+                )
             )
         self.subscriber: Subscriber[list[Arrival]] | None = None
         self.sink: ArchivingSink | None = None
@@ -193,14 +196,13 @@ class Daemon:
                 receiving = tasks.create_task(subscriber.run(self._stop_receiving))
                 decoding = tasks.create_task(self.worker.run())
                 syncing = tasks.create_task(self._sync_archive(sink))
-                if self.history is not None:
-                    tasks.create_task(self._write_history(self.history))
+                history = None if self.history is None else tasks.create_task(self.history.run())
                 self.ready.set()
                 await self.shutdown.wait()
                 await self._drain(receiving, decoding)
                 syncing.cancel()
-                if self.history is not None:
-                    self.history.stop.set()  # its position is saved: it resumes from there
+                if history is not None:
+                    history.cancel()  # it saves its position and stops: it resumes from there
         logger.info("ground station stopped; archive closed")
 
     async def _drain(self, receiving: asyncio.Task[None], decoding: asyncio.Task[None]) -> None:
@@ -242,12 +244,6 @@ class Daemon:
             if family.family is LAST_RECEIVE_TIME:
                 return max((value for _, value in family.samples), default=0.0)
         return 0.0
-
-    async def _write_history(self, history: HistoryWriter) -> None:
-        try:
-            await asyncio.to_thread(history.run)
-        finally:
-            history.stop.set()  # cancelled (a sibling task failed): the thread ends too
 
     async def _sync_archive(self, sink: ArchivingSink) -> None:
         if self.config.archive.fsync != "interval":

@@ -159,6 +159,25 @@ def _noting_disconnects(
     return on_disconnect_noted
 
 
+def _noting_connects(
+    on_connect: paho.CallbackOnConnect_v2, noted: Callable[[bool], None]
+) -> paho.CallbackOnConnect_v2:
+    """aiomqtt's connect callback, after telling `noted` whether the broker still had our
+    session (CONNACK's session-present flag), which aiomqtt does not pass on."""
+
+    def on_connect_noted(
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: Any,
+        properties: Properties | None,
+    ) -> None:
+        noted(flags.session_present)
+        on_connect(client, userdata, flags, reason_code, properties)
+
+    return on_connect_noted
+
+
 class _ReadGate:
     """Stops reading paho's socket at the inbox's high marks, reads again below the low ones.
 
@@ -314,6 +333,11 @@ class _Connection:
         if self.paho.on_message is not None:
             self.paho.on_message = _usable_topics(self.paho.on_message)
         self.broker_disconnect_reason: int | None = None  # of the broker's DISCONNECT, if any
+        self.session_present: bool | None = None  # CONNACK's flag, once connected
+        if self.paho.on_connect is not None:
+            self.paho.on_connect = _noting_connects(
+                cast("paho.CallbackOnConnect_v2", self.paho.on_connect), self._connected
+            )
         if self.paho.on_disconnect is not None:
             self.paho.on_disconnect = _noting_disconnects(
                 cast("paho.CallbackOnDisconnect_v2", self.paho.on_disconnect), self._noted
@@ -324,6 +348,9 @@ class _Connection:
 
     def _noted(self, reason_code: int) -> None:
         self.broker_disconnect_reason = reason_code
+
+    def _connected(self, session_present: bool) -> None:
+        self.session_present = session_present
 
     @property
     def taken_over(self) -> bool:
@@ -464,6 +491,10 @@ class Subscriber(Generic[_T]):
                 connection.connected_at = time.monotonic()
                 self._connections_made += 1
                 self._connected = True
+                if self._after_takeover and connection.session_present is False:
+                    # The broker lost our session (a crash): what is missing is its loss,
+                    # not what another client took; count it lost.
+                    self._after_takeover = False
                 # Not awaited before receiving: a resumed session's backlog may arrive ahead
                 # of the SUBACK, and reading it may be paused until we have worked through it.
                 subscribing = asyncio.create_task(self._subscribe(client))

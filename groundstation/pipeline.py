@@ -15,7 +15,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections import deque
@@ -30,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
+from groundstation.child_process import exit_with_parent, leave_stopping_to_the_parent
 from groundstation.decoder import DecodeResult, PacketDecoder, Split
 from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.envelope import (
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 # Rate limit of the bad-input warnings (ICD section 6: logged rate-limited; metrics count all).
 WARNINGS_PER_INTERVAL: Final = 5
 WARNING_INTERVAL_S: Final = 60.0
-PARENT_CHECK_INTERVAL_S: Final = 0.5  # the decoding child exits this soon after its parent
 DECODE_BATCHES_IN_FLIGHT: Final = 2  # sent to the child ahead: one decoding, one waiting
 # Retries of a failed archive write (a full file system): soon enough to resume within
 # seconds of space returning, rare enough not to flood the log or the disk.
@@ -303,13 +302,21 @@ def replay_archive(
         yield from pipeline.process(batch)
 
 
-def batched(items: Iterable[Arrival], size: int) -> Iterator[list[Arrival]]:
+def batched(
+    items: Iterable[Arrival], size: int, *, max_bytes: int | None = None
+) -> Iterator[list[Arrival]]:
+    """Batches of at most `size` arrivals and (beyond the first) `max_bytes` of payloads."""
     batch: list[Arrival] = []
+    batch_bytes = 0
     for item in items:
+        if batch and max_bytes is not None and batch_bytes + item.size > max_bytes:
+            yield batch
+            batch, batch_bytes = [], 0
         batch.append(item)
+        batch_bytes += item.size
         if len(batch) >= size:
             yield batch
-            batch = []
+            batch, batch_bytes = [], 0
     if batch:
         yield batch
 
@@ -829,14 +836,9 @@ _child: _Child | None = None
 
 def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     global _child  # noqa: PLW0603 - one pipeline per child process
-    # Ctrl-C reaches the whole process group, and systemd's default KillMode SIGTERMs the
-    # whole cgroup: the parent alone decides when the child stops (it drains first).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # A spawned pool worker holds both ends of its call queue's pipe, so it never sees EOF
-    # when the parent dies (kill -9): it would wait forever. Watch the parent instead.
+    leave_stopping_to_the_parent()  # it drains first
     threading.Thread(
-        target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
+        target=exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
     ).start()
     # The parent owns (and unlinks) the memory; the child shares its resource tracker,
     # which keeps one entry per name, so attaching registers nothing new.
@@ -867,12 +869,6 @@ def _child_start(settings: _ChildSettings, slots_name: str) -> None:
         slots=slots,
         slot_bytes=settings.slot_bytes,
     )
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_INTERVAL_S)
-    os._exit(1)
 
 
 def _child_resumed() -> ResumeScan:

@@ -119,6 +119,7 @@ def writer_for(
         dictionaries=load_dictionaries(),
         max_payload_bytes=2**24,
         batch_max_envelopes=envelopes,
+        batch_max_bytes=1 << 23,
     )
 
 

@@ -76,6 +76,7 @@ def writer(
         dictionaries=load_dictionaries(),
         max_payload_bytes=2**24,
         batch_max_envelopes=4,
+        batch_max_bytes=1 << 23,
         send=receiver,
         sleep=sleep,
     )
@@ -260,6 +261,7 @@ def test_envelopes_are_judged_with_the_configured_clock_skew(
         dictionaries=load_dictionaries(),
         max_payload_bytes=2**24,
         batch_max_envelopes=4,
+        batch_max_bytes=1 << 23,
         max_clock_skew_s=max_clock_skew_s,
         send=receiver,
         sleep=lambda _: False,
@@ -267,3 +269,14 @@ def test_envelopes_are_judged_with_the_configured_clock_skew(
     history.catch_up()
     assert bool(receiver.accepted) is written
     assert history.status.samples.get("ok", 0) == len(receiver.accepted)
+
+
+def test_a_writer_with_nothing_to_write_is_up(tmp_path: Path) -> None:
+    """gs_history_up is 0 only after a failed write: a quiet station raises no
+    HistoryWriterDown."""
+    receiver = Receiver()
+    history = writer(tmp_path, receiver, [])
+    assert history.status.up
+    assert not history.catch_up()
+    assert history.status.up
+    assert receiver.posts == 0

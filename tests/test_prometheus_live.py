@@ -73,6 +73,9 @@ FAULTS: Final[dict[FaultKind, float]] = {
 FAULT_ALERTS: Final = frozenset(
     {"InvalidEnvelopes", "EnvelopesLost", "PacketLossHigh", "PacketCrcErrors"}
 )
+# Alerts on the test machine's own disk (the archive is in its temporary directory): they
+# say how full that is, whatever the flight does.
+HOST_ALERTS: Final = frozenset({"ArchiveFilesystemAlmostFull", "ArchiveFilesystemFillingUp"})
 _SELECTOR: Final = re.compile(r"(?<![\w:$])(gs_\w+|[a-z_]+:[\w:]+|up(?=\{))(\{[^}]*\})?")
 
 
@@ -334,7 +337,7 @@ def check_every_expression(prometheus: PrometheusServer, published: int) -> None
         "InvalidEnvelopes to fire",
     )
     raised = {sample["metric"]["alertname"] for sample in prometheus.query("ALERTS")}
-    assert raised <= FAULT_ALERTS
+    assert raised - HOST_ALERTS <= FAULT_ALERTS
 
 
 @pytest.mark.integration

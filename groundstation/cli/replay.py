@@ -70,6 +70,7 @@ def write_history(directory: Path, config: Config) -> dict[str, int]:
         dictionaries=load_dictionaries(),
         max_payload_bytes=config.ingest.max_payload_bytes,
         batch_max_envelopes=config.ingest.batch_max_envelopes,
+        batch_max_bytes=config.ingest.batch_max_bytes,
         max_clock_skew_s=config.ingest.max_clock_skew_s,
     )
     writer.catch_up()

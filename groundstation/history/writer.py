@@ -13,6 +13,8 @@ import contextlib
 import http.client
 import json
 import logging
+import math
+import multiprocessing
 import os
 import random
 import threading
@@ -21,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,6 +44,10 @@ from groundstation.history.remote_write import (
 from groundstation.history.samples import HistorySamples, SampleBatch, SeriesKey
 from groundstation.pipeline import Pipeline, archived_arrivals, batched
 from groundstation.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.sharedctypes import SynchronizedArray
 
 __all__ = [
     "POSITION_FILE",
@@ -158,41 +164,74 @@ def post(url: str, body: bytes, *, timeout_s: float) -> Verdict:
         return Verdict(status=None, body=str(error))
 
 
-class HistoryStatus:
-    """Counters and gauges of the writer, read by the collector from another thread."""
+SharedStatus: TypeAlias = "SynchronizedArray[float]"
+"""HistoryStatus's numbers, shared with the daemon when the writer runs in its own process."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.samples: dict[Result, int] = {"ok": 0, "rejected": 0, "backfill": 0}
-        self.up = False
-        # Receive time of the newest record known to be in the archive: the archive's last
-        # record when the writer started, then every record it reads.
-        self.newest_archived = 0.0
-        # Receive time of the newest record whose samples are answered; None until the
-        # writer has looked at the archive (then the position's record, or with no position
-        # the first record: lag is counted from where the writer stands).
-        self.newest_written: float | None = None
+
+class HistoryStatus:
+    """Counters and gauges of the writer, read by the collector from another thread or
+    process: a few doubles in shared memory, updated under its lock."""
+
+    FIELDS: Final = 6
+    _OK, _REJECTED, _BACKFILL, _UP, _NEWEST_ARCHIVED, _NEWEST_WRITTEN = range(FIELDS)
+    _RESULTS: Final[dict[Result, int]] = {"ok": _OK, "rejected": _REJECTED, "backfill": _BACKFILL}
+
+    def __init__(self, shared: SharedStatus | None = None) -> None:
+        self._shared = shared if shared is not None else self.new_shared()
+
+    @classmethod
+    def new_shared(cls, context: BaseContext | None = None) -> SharedStatus:
+        """The numbers, zero but for `up` and the newest written receive time: NaN until the writer
+        has looked at the archive (then the position's record, or with no position the
+        first record: lag is counted from where the writer stands)."""
+        shared = (context or multiprocessing.get_context("spawn")).Array("d", cls.FIELDS)
+        shared[cls._NEWEST_WRITTEN] = math.nan
+        # Up until a write fails: a station with nothing to write (or a writer starting)
+        # must not look like a receiver that is down.
+        shared[cls._UP] = 1.0
+        return shared
+
+    @property
+    def samples(self) -> dict[Result, int]:
+        with self._shared.get_lock():
+            return {result: int(self._shared[at]) for result, at in self._RESULTS.items()}
+
+    @property
+    def up(self) -> bool:
+        return bool(self._shared[self._UP])
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        self._shared[self._UP] = float(value)
 
     def count(self, result: Result, samples: int) -> None:
-        with self._lock:
-            self.samples[result] += samples
+        with self._shared.get_lock():
+            self._shared[self._RESULTS[result]] += samples
 
     def note(self, received_at: float, *, written: bool) -> None:
-        """A record's receive time: read (archived), or with its samples answered (written)."""
-        with self._lock:
-            self.newest_archived = max(self.newest_archived, received_at)
-            if written or self.newest_written is None:
-                self.newest_written = max(self.newest_written or received_at, received_at)
+        """A record's receive time: read (archived), or with its samples answered (written).
+
+        Newest archived: the archive's last record when the writer started, then every
+        record it reads."""
+        with self._shared.get_lock():
+            shared = self._shared
+            shared[self._NEWEST_ARCHIVED] = max(shared[self._NEWEST_ARCHIVED], received_at)
+            newest_written = shared[self._NEWEST_WRITTEN]
+            if written or math.isnan(newest_written):
+                shared[self._NEWEST_WRITTEN] = (
+                    received_at if math.isnan(newest_written) else max(newest_written, received_at)
+                )
 
     def lag_seconds(self, *, newest_received: float = 0.0) -> float:
         """`newest_received`: the receive time of the newest envelope the daemon archived,
         which the writer has not read yet while it works through older records or waits
         for its receiver. 0 until the writer has looked at the archive."""
-        with self._lock:
-            if self.newest_written is None:
+        with self._shared.get_lock():
+            newest_written = self._shared[self._NEWEST_WRITTEN]
+            if math.isnan(newest_written):
                 return 0.0
-            newest = max(self.newest_archived, newest_received)
-            return max(0.0, newest - self.newest_written)
+            newest = max(self._shared[self._NEWEST_ARCHIVED], newest_received)
+            return max(0.0, newest - newest_written)
 
 
 class HistoryCollector(Collector):
@@ -218,7 +257,7 @@ class HistoryCollector(Collector):
         )
         yield GaugeMetricFamily(
             "gs_history_up",
-            "1 while the last write to the history receiver succeeded.",
+            "0 while the last write to the history receiver failed, else 1.",
             value=float(self._status.up),
         )
 
@@ -234,19 +273,24 @@ class HistoryWriter:
         dictionaries: Mapping[str, VehicleDictionary],
         max_payload_bytes: int,
         batch_max_envelopes: int,
+        batch_max_bytes: int,
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         send: Callable[[bytes], Verdict] | None = None,
         sleep: Callable[[float], bool] | None = None,
+        status: HistoryStatus | None = None,
     ) -> None:
         if config.url is None:
             raise ValueError("the history writer needs history.url")
         url = config.url
         self.config = config
         self.archive_dir = archive_dir
-        self.status = HistoryStatus()
+        self.status = status or HistoryStatus()
         self._dictionaries = dictionaries
         self._max_payload_bytes = max_payload_bytes
         self._batch_envelopes = batch_max_envelopes
+        # Decoded batches with their samples are what the writer holds: bound them in bytes
+        # too (1,024 heavy envelopes took 900 MB).
+        self._batch_bytes = batch_max_bytes
         self._send = send or (lambda body: post(url, body, timeout_s=config.timeout_s))
         self.stop = threading.Event()
         self._sleep = sleep or self.stop.wait  # True: stop was asked for
@@ -281,6 +325,7 @@ class HistoryWriter:
                     max_clock_skew_s=self._max_clock_skew_s,
                 ),
                 self._batch_envelopes,
+                max_bytes=self._batch_bytes,
             ):
                 if self.stop.is_set():
                     return did_work
@@ -342,6 +387,7 @@ class HistoryWriter:
                     max_clock_skew_s=self._max_clock_skew_s,
                 ),
                 self._batch_envelopes,
+                max_bytes=self._batch_bytes,
             ):
                 for decoded in self._pipeline.process(batch):
                     self._samples.take(decoded)
