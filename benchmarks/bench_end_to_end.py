@@ -33,7 +33,7 @@ crossing times are interpolated between scrapes; bare aiomqtt's are when its cli
 received the messages (`ArrivalClock`), not when the loop consumed them.
 
 Run: `python -m benchmarks.bench_end_to_end` (about eight minutes; --history, about
-fifteen; --help for sizes).
+nine; --help for sizes).
 """
 
 from __future__ import annotations
