@@ -18,6 +18,12 @@ subscriber is preloaded with N messages, then the subscriber drains it:
   (which one limits) are read at the end. The preloaded backlog is many times
   what the daemon decodes per second (the overload case): its memory stays bounded by
   the broker's in-flight window plus the ingest queue, whatever the backlog.
+- with `--history`, the daemon again with `--history-url` (daemon+history): its history
+  writer, a thread of the daemon's parent, reads the archive behind ingest and writes its
+  samples by remote write to a Prometheus 2.42 started once for the run (receiver on,
+  the out-of-order window of deploy/prometheus/prometheus.yml). Its rate is compared with
+  the plain daemon's on the same protocol; how far the writer got when ingest was through
+  (gs_history_samples_total, gs_history_lag_seconds) is printed with it.
 
 The issue asks for the sustained rate, so each subscriber's rate is taken over the
 steady part of its drain, from the moment a fifth of the messages are through to the
@@ -26,7 +32,8 @@ pages) stay out of it. The whole drain's rate is printed beside it. The daemon's
 crossing times are interpolated between scrapes; bare aiomqtt's are when its client
 received the messages (`ArrivalClock`), not when the loop consumed them.
 
-Run: `python -m benchmarks.bench_end_to_end` (about eight minutes; --help for sizes).
+Run: `python -m benchmarks.bench_end_to_end` (about eight minutes; --history, about
+nine; --help for sizes).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from simulators.run import Simulation, SimulationOptions
 from simulators.stress import DEFAULT_MIX
 from tests.reliability_support import service_environment
 from tests.services import LOOPBACK, Mosquitto, find_binary, free_port, running_mosquitto
+from tests.test_history_prometheus import prometheus_with_receiver, shipped_window
 
 TOPIC_FILTER = "mars/tm/+"
 SUSTAINED_FROM = 0.2  # the sustained rate is measured from this share of messages to the end
@@ -323,10 +331,17 @@ def _children(pid: int) -> list[int]:
 
 
 def daemon_command(
-    broker: Mosquitto, metrics_port: int, archive: Path, client_id: str, mqtt_version: str
+    broker: Mosquitto,
+    metrics_port: int,
+    archive: Path,
+    client_id: str,
+    mqtt_version: str,
+    *,
+    history_url: str | None = None,
 ) -> list[str]:
     config = archive.with_name(f"{archive.name}.toml")
     config.write_text(f'[broker]\nmqtt_version = "{mqtt_version}"\n')
+    history = ["--history-url", history_url] if history_url else []
     return [
         sys.executable,
         "-m",
@@ -344,16 +359,25 @@ def daemon_command(
         str(archive),
         "--client-id",
         client_id,
+        *history,
     ]
 
 
 def bench_daemon(
-    broker: Mosquitto, stream: Stream, client_id: str, workdir: Path, mqtt_version: str
+    broker: Mosquitto,
+    stream: Stream,
+    client_id: str,
+    workdir: Path,
+    mqtt_version: str,
+    *,
+    history_url: str | None = None,
 ) -> Result:
     metrics_port = free_port()
     archive = workdir / f"archive-{client_id}"
     process = subprocess.Popen(
-        daemon_command(broker, metrics_port, archive, client_id, mqtt_version),
+        daemon_command(
+            broker, metrics_port, archive, client_id, mqtt_version, history_url=history_url
+        ),
         cwd=REPO,
         env=service_environment(),
     )
@@ -379,6 +403,7 @@ def bench_daemon(
         rss = peak_rss_bytes(process.pid)
         cpu_at_end = cpu_seconds(process.pid)
         wall = time.perf_counter() - started
+        history = history_progress(scrape(metrics_port)[1]) if history_url else {}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -393,9 +418,10 @@ def bench_daemon(
         "parent_cpu_share": (cpu_at_end[0] - cpu_at_start[0]) / wall,
         "child_cpu_share": (cpu_at_end[1] - cpu_at_start[1]) / wall,
         "exit_code": float(process.returncode),
+        **history,
     }
     return Result(
-        f"daemon {mqtt_version}",
+        f"daemon+history {mqtt_version}" if history_url else f"daemon {mqtt_version}",
         stream.name,
         seconds,
         len(stream.messages),
@@ -403,6 +429,18 @@ def bench_daemon(
         seconds - steady_from,
         extra,
     )
+
+
+def history_progress(text: str) -> dict[str, float]:
+    """The writer's samples by result and its lag, as ingest finished the drain."""
+    progress = {}
+    for line in text.splitlines():
+        if line.startswith("gs_history_samples_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            progress[f"history_samples_{result}"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gs_history_lag_seconds "):
+            progress["history_lag_s"] = float(line.rsplit(" ", 1)[1])
+    return progress
 
 
 def wait_healthy(process: subprocess.Popen[bytes], port: int) -> float:
@@ -419,18 +457,23 @@ def wait_healthy(process: subprocess.Popen[bytes], port: int) -> float:
     raise RuntimeError("daemon not healthy within 30 s")
 
 
-def run_stream(broker: Mosquitto, stream: Stream, workdir: Path, round_: int) -> list[Result]:
+def run_stream(
+    broker: Mosquitto, stream: Stream, workdir: Path, round_: int, history_url: str | None
+) -> list[Result]:
+    """One round of every subscriber; daemon+history too when `history_url` is given."""
     results: list[Result] = []
+    kinds = ("aiomqtt", "daemon", "daemon+history") if history_url else ("aiomqtt", "daemon")
     runs = [("mosquitto_sub", "3.1.1")]
-    runs += [(kind, version) for version in ("5", "3.1.1") for kind in ("aiomqtt", "daemon")]
+    runs += [(kind, version) for version in ("5", "3.1.1") for kind in kinds]
     for kind, version in runs:
         client_id = f"bench-{kind}-{version}-{stream.name}-{round_}"
-        if kind == "daemon":
+        url = history_url if kind == "daemon+history" else None
+        if kind.startswith("daemon"):
             # Let the daemon create its own session first, as it would in service.
             port = free_port()
             warmup = workdir / f"warmup-{client_id}"
             process = subprocess.Popen(
-                daemon_command(broker, port, warmup, client_id, version),
+                daemon_command(broker, port, warmup, client_id, version, history_url=url),
                 cwd=REPO,
                 env=service_environment(),
             )
@@ -445,7 +488,9 @@ def run_stream(broker: Mosquitto, stream: Stream, workdir: Path, round_: int) ->
         elif kind == "aiomqtt":
             results.append(asyncio.run(bench_aiomqtt(broker.port, stream, client_id, version)))
         else:
-            results.append(bench_daemon(broker, stream, client_id, workdir, version))
+            results.append(
+                bench_daemon(broker, stream, client_id, workdir, version, history_url=url)
+            )
         asyncio.run(forget_session(broker.port, client_id))
         print(describe(results[-1]), flush=True)
     return results
@@ -494,6 +539,14 @@ def summarise(stream: Stream, results: Sequence[Result]) -> str:
             f"{stream.name}: daemon {version} / {bare}, whole drains ="
             f" {statistics.median(whole[f'daemon {version}']) / statistics.median(whole[bare]):.0%}"
         )
+        with_history = rates.get(f"daemon+history {version}")
+        if with_history:
+            each = ", ".join(f"{h / d:.0%}" for h, d in zip(with_history, daemon, strict=True))
+            lines.append(
+                f"{stream.name}: daemon+history {version} / daemon {version} ="
+                f" {statistics.median(with_history) / statistics.median(daemon):.0%}"
+                f" of the sustained medians (rounds: {each})"
+            )
     return "\n".join(lines)
 
 
@@ -502,6 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=6000, help="envelopes per stream")
     parser.add_argument(
         "--rounds", type=int, default=3, help="runs of every subscriber, interleaved"
+    )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="also run the daemon with its history writer, into a local Prometheus",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -518,10 +576,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_results: list[Result] = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        with running_mosquitto(workdir / "mosquitto") as broker:
-            for round_ in range(args.rounds):
-                for stream in streams:
-                    all_results += run_stream(broker, stream, workdir, round_)
+        prometheus = None
+        if args.history:
+            prometheus = prometheus_with_receiver(workdir / "prometheus", window=shipped_window())
+        history_url = f"{prometheus.url}/api/v1/write" if prometheus else None
+        try:
+            with running_mosquitto(workdir / "mosquitto") as broker:
+                for round_ in range(args.rounds):
+                    for stream in streams:
+                        all_results += run_stream(broker, stream, workdir, round_, history_url)
+        finally:
+            if prometheus:
+                prometheus.stop()
     print()
     for stream in streams:
         print(summarise(stream, [r for r in all_results if r.stream == stream.name]))
