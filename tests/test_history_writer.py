@@ -62,7 +62,12 @@ class Receiver:
 
 
 def writer(
-    directory: Path, receiver: Receiver, sleeps: list[float], **settings: object
+    directory: Path,
+    receiver: Receiver,
+    sleeps: list[float],
+    *,
+    max_clock_skew_s: float = 60.0,
+    **settings: object,
 ) -> HistoryWriter:
     config = HistoryConfig(url="http://127.0.0.1:1/api/v1/write", **settings)  # type: ignore[arg-type]
 
@@ -77,6 +82,7 @@ def writer(
         max_payload_bytes=2**24,
         batch_max_envelopes=4,
         batch_max_bytes=1 << 23,
+        max_clock_skew_s=max_clock_skew_s,
         send=receiver,
         sleep=sleep,
     )
@@ -255,17 +261,7 @@ def test_envelopes_are_judged_with_the_configured_clock_skew(
             ]
         )
     receiver = Receiver()
-    history = HistoryWriter(
-        HistoryConfig(url="http://127.0.0.1:1/api/v1/write"),
-        archive_dir=tmp_path,
-        dictionaries=load_dictionaries(),
-        max_payload_bytes=2**24,
-        batch_max_envelopes=4,
-        batch_max_bytes=1 << 23,
-        max_clock_skew_s=max_clock_skew_s,
-        send=receiver,
-        sleep=lambda _: False,
-    )
+    history = writer(tmp_path, receiver, [], max_clock_skew_s=max_clock_skew_s)
     history.catch_up()
     assert bool(receiver.accepted) is written
     assert history.status.samples.get("ok", 0) == len(receiver.accepted)

@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 WATCH_INTERVAL_S: Final = 1.0  # how soon a dead writer is noticed
 RESTART_DELAY_S: Final = 5.0  # before starting one that died, so a crash cannot spin
 STOP_TIMEOUT_S: Final = 10.0  # for the writer to finish its request and save its position
+# The writer is work that may wait (its lag is allowed to grow; ingest's is not): on a busy
+# machine the scheduler gives ingest and its decoding child the CPU first.
+WRITER_NICENESS: Final = 10
+# Its batches, decoded, with their samples, are what it holds: a megabyte of payloads keeps
+# that near 100 MB (8 MiB ones took it to 300-360 MB on 65 KiB IMU envelopes).
+WRITER_BATCH_MAX_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,7 @@ class HistoryProcess:
 def _run_writer(settings: HistorySettings, shared: SharedStatus, stop: Event) -> None:
     """The child: the writer's loop until `stop` is set (or the parent is gone)."""
     leave_stopping_to_the_parent()
+    os.nice(WRITER_NICENESS)
     threading.Thread(
         target=exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
     ).start()
@@ -114,7 +121,7 @@ def _run_writer(settings: HistorySettings, shared: SharedStatus, stop: Event) ->
         dictionaries=load_dictionaries(),
         max_payload_bytes=settings.max_payload_bytes,
         batch_max_envelopes=settings.batch_max_envelopes,
-        batch_max_bytes=settings.batch_max_bytes,
+        batch_max_bytes=min(settings.batch_max_bytes, WRITER_BATCH_MAX_BYTES),
         max_clock_skew_s=settings.max_clock_skew_s,
         status=HistoryStatus(shared),
     )
