@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from groundstation.archive import ArchiveRecord, ArchiveWriter
-from groundstation.config import ArchiveConfig, HistoryConfig
+from groundstation.config import ArchiveConfig, HistoryConfig, IngestConfig
 from groundstation.definitions import load_dictionaries
-from groundstation.history.process import WRITER_BATCH_MAX_BYTES
 from groundstation.history.writer import HistoryWriter
 from simulators.output import read_envelopes
 from simulators.run import SimulationOptions, simulate
@@ -143,7 +142,7 @@ def run_once(workdir: Path, *, pass_s: float, batch_envelopes: int) -> Result:
             dictionaries=load_dictionaries(),
             max_payload_bytes=2**24,
             batch_max_envelopes=batch_envelopes,
-            batch_max_bytes=WRITER_BATCH_MAX_BYTES,  # as in the daemon
+            batch_max_bytes=IngestConfig().batch_max_bytes,  # the daemon's default
         )
         archived_at = time.monotonic()  # Prometheus's start is not the writer's time
         writer.catch_up()

@@ -285,10 +285,11 @@ def replay_archive(
     *,
     max_payload_bytes: int,
     batch_size: int,
+    batch_max_bytes: int | None = None,
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
 ) -> Iterator[Decoded]:
     """Archive records through `pipeline` in arrival order, invalid envelopes logged: the
-    one replay path (`groundstation replay`, `groundstation report`)."""
+    one replay path (`groundstation replay`, `report`, `backfill`)."""
     arrivals = archived_arrivals(
         records,
         max_payload_bytes=max_payload_bytes,
@@ -296,7 +297,7 @@ def replay_archive(
         max_clock_skew_s=max_clock_skew_s,
     )
     log_invalid = InvalidEnvelopeLog()
-    for batch in batched(arrivals, batch_size):
+    for batch in batched(arrivals, batch_size, max_bytes=batch_max_bytes):
         for arrival in batch:
             log_invalid(arrival)
         yield from pipeline.process(batch)

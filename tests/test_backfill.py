@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from groundstation.config import IngestConfig
 from groundstation.history.openmetrics import EOF_LINE, openmetrics_lines
 from groundstation.history.remote_write import Series, compress, encode_write_request
 from groundstation.history.samples import SampleBatch
@@ -101,7 +102,9 @@ def test_backfill_brings_in_what_the_receiver_refused(tmp_path: Path) -> None:
         assert post(
             f"{server.url}/api/v1/write", compress(encode_write_request([now])), timeout_s=5
         ).ok
-        writer = writer_for(flight.archive, server)
+        # In the command's batches: a series' two samples in one millisecond are one sample
+        # within a batch, and two (each counted) when a batch boundary falls between them.
+        writer = writer_for(flight.archive, server, envelopes=IngestConfig().batch_max_envelopes)
         writer.catch_up()
         left = writer.status.samples["backfill"]
         assert writer.status.samples["ok"] == 0

@@ -21,6 +21,7 @@ from groundstation.definitions import load_dictionaries
 from groundstation.errors import ConfigError
 from groundstation.history.openmetrics import openmetrics_lines
 from groundstation.history.samples import HistorySamples, SampleBatch, milliseconds
+from groundstation.history.writer import history_batch_bytes
 from groundstation.pipeline import Pipeline, replay_archive
 from groundstation.telemetry import Telemetry
 
@@ -54,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
         args.archive_dir,
         max_payload_bytes=config.ingest.max_payload_bytes,
         batch_size=config.ingest.batch_max_envelopes,
+        batch_max_bytes=history_batch_bytes(config.ingest.batch_max_bytes),
         max_clock_skew_s=config.ingest.max_clock_skew_s,
         progress=sys.stderr.isatty(),
         total_bytes=sum(path.stat().st_size for path in segments),
@@ -78,11 +80,13 @@ def history_of(
     *,
     max_payload_bytes: int,
     batch_size: int,
+    batch_max_bytes: int,
     max_clock_skew_s: float,
     progress: bool = False,
     total_bytes: int = 0,
 ) -> SampleBatch:
-    """Every history sample of the archive, as the history writer derives them."""
+    """Every history sample of the archive, as the history writer derives them (in the
+    same batches: `history_batch_bytes`)."""
     dictionaries = load_dictionaries()
     pipeline = Pipeline(
         dictionaries, telemetry=Telemetry(dictionaries), max_clock_skew_s=max_clock_skew_s
@@ -99,6 +103,7 @@ def history_of(
         pipeline,
         max_payload_bytes=max_payload_bytes,
         batch_size=batch_size,
+        batch_max_bytes=batch_max_bytes,
         max_clock_skew_s=max_clock_skew_s,
     ):
         batch.merge(samples.take(decoded))

@@ -36,9 +36,6 @@ STOP_TIMEOUT_S: Final = 10.0  # for the writer to finish its request and save it
 # The writer is work that may wait (its lag is allowed to grow; ingest's is not): on a busy
 # machine the scheduler gives ingest and its decoding child the CPU first.
 WRITER_NICENESS: Final = 10
-# Its batches, decoded, with their samples, are what it holds: a megabyte of payloads keeps
-# that near 100 MB (8 MiB ones took it to 300-360 MB on 65 KiB IMU envelopes).
-WRITER_BATCH_MAX_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +118,7 @@ def _run_writer(settings: HistorySettings, shared: SharedStatus, stop: Event) ->
         dictionaries=load_dictionaries(),
         max_payload_bytes=settings.max_payload_bytes,
         batch_max_envelopes=settings.batch_max_envelopes,
-        batch_max_bytes=min(settings.batch_max_bytes, WRITER_BATCH_MAX_BYTES),
+        batch_max_bytes=settings.batch_max_bytes,
         max_clock_skew_s=settings.max_clock_skew_s,
         status=HistoryStatus(shared),
     )

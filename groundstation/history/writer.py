@@ -164,6 +164,18 @@ def post(url: str, body: bytes, *, timeout_s: float) -> Verdict:
         return Verdict(status=None, body=str(error))
 
 
+# The writer's batches (and backfill's, which must derive the same samples: flight
+# distance follows HK and NAV in packet-time order within a batch). Decoded, with their
+# samples, they are what the writer holds: a megabyte of payloads keeps that near 100 MB
+# (8 MiB took it to 300-360 MB on 65 KiB IMU envelopes).
+HISTORY_BATCH_MAX_BYTES: Final = 1 << 20
+
+
+def history_batch_bytes(ingest_batch_max_bytes: int) -> int:
+    """The payload bytes of a history batch under `ingest.batch_max_bytes`."""
+    return min(ingest_batch_max_bytes, HISTORY_BATCH_MAX_BYTES)
+
+
 SharedStatus: TypeAlias = "SynchronizedArray[float]"
 """HistoryStatus's numbers, shared with the daemon when the writer runs in its own process."""
 
@@ -288,9 +300,7 @@ class HistoryWriter:
         self._dictionaries = dictionaries
         self._max_payload_bytes = max_payload_bytes
         self._batch_envelopes = batch_max_envelopes
-        # Decoded batches with their samples are what the writer holds: bound them in bytes
-        # too (1,024 heavy envelopes took 900 MB).
-        self._batch_bytes = batch_max_bytes
+        self._batch_bytes = history_batch_bytes(batch_max_bytes)
         self._send = send or (lambda body: post(url, body, timeout_s=config.timeout_s))
         self.stop = threading.Event()
         self._sleep = sleep or self.stop.wait  # True: stop was asked for
