@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ import yaml
 from groundstation.archive import ArchiveReader, list_segments
 from groundstation.config import HistoryConfig
 from groundstation.daemon import running_daemon
+from groundstation.history.process import RESTART_DELAY_S, WRITER_NICENESS
 from groundstation.history.remote_write import Series, compress, encode_write_request
 from groundstation.history.writer import POSITION_FILE, Verdict, load_position, post
 from simulators.run import simulate
@@ -47,7 +50,7 @@ from tests.history_support import (
     writer_for,
 )
 from tests.icd_packets import time_of
-from tests.reliability_support import DaemonProcess, total
+from tests.reliability_support import DaemonProcess, process_tree, total
 from tests.reliability_support import running_daemon as running_process
 from tests.services import Mosquitto
 from tests.test_daemon_flight import envelopes_published, simulator_options
@@ -272,9 +275,13 @@ async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
             )
             report = (await simulate(options)).document
             await processed(daemon, envelopes_published(report))  # ingest did not wait
-            await asyncio.sleep(0.5)
+            # The writer (a process of its own, starting meanwhile) finds the store down.
+            deadline = time.monotonic() + 30
             metrics = await scrape(daemon.metrics_address)
-            assert metrics["gs_history_up{}"] == 0.0
+            while metrics["gs_history_up{}"] != 0.0:
+                assert time.monotonic() < deadline, metrics
+                await asyncio.sleep(0.1)
+                metrics = await scrape(daemon.metrics_address)
             assert metrics["gs_history_lag_seconds{}"] > 0.0
             assert metrics['gs_history_samples_total{result="ok"}'] == 0.0
             await asyncio.to_thread(server.start, prometheus_config())
@@ -284,6 +291,90 @@ async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
                 await asyncio.sleep(0.2)
                 metrics = await scrape(daemon.metrics_address)
         assert_hk_and_nav_counts(server, report, start=start)
+    finally:
+        server.stop()
+
+
+def stored_voltages(server: PrometheusServer, envelopes: int) -> int:
+    """Battery voltage samples of the first `envelopes` HK envelopes that Prometheus holds."""
+    # ICD section 3: the SCLK coarse count is bytes 6-9 of the first packet.
+    first = time_of(int.from_bytes(hk_packet(0)[6:10], "big"), 0)
+    answer = server.api(
+        "query",
+        query='count_over_time(gs_battery_voltage_volts{timeline="spacecraft"}[4h])',
+        time=f"{first + envelopes * HK_PER_ENVELOPE + 10:.3f}",
+    )
+    results = answer["data"]["result"]
+    return int(results[0]["value"][1]) if results else 0
+
+
+def writer_processes(daemon: DaemonProcess) -> list[int]:
+    """The daemon's history writer: its one descendant at WRITER_NICENESS."""
+    return [pid for pid in process_tree(daemon.pid)[1:] if _niceness(pid) == WRITER_NICENESS]
+
+
+def _niceness(pid: int) -> int | None:
+    if not _running(pid):
+        return None
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:  # exited meanwhile
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Alive, not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_killed_writer_process_is_started_again_and_resumes(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`groundstation run` with [history]: 3,000 HK envelopes; the writer's process killed
+    with -9 part way. Ingest goes on (every envelope decoded live), the daemon logs the
+    exit and starts the writer again, which resumes from its position: every packet's
+    samples reach Prometheus. Then the daemon killed with -9: the writer exits with it."""
+    server = prometheus_with_receiver(tmp_path / "prometheus", window=shipped_window())
+    history = (
+        f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
+        "poll_interval_s = 0.2\n"
+    )
+    daemon = DaemonProcess(
+        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
+    )
+    envelopes = 3000
+    try:
+        with running_process(daemon):
+            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
+            deadline = time.monotonic() + 60
+            while total(daemon.scrape(), "gs_history_samples_total", result="ok") < 20_000:
+                assert time.monotonic() < deadline, daemon.log_tail()
+                time.sleep(0.02)
+            (writer,) = writer_processes(daemon)
+            os.kill(writer, signal.SIGKILL)
+            killed_at = time.monotonic()
+            deadline = killed_at + 90
+            while (count := stored_voltages(server, envelopes)) < envelopes * HK_PER_ENVELOPE:
+                assert time.monotonic() < deadline, (count, daemon.log_tail())
+                time.sleep(0.2)
+            caught_up_s = time.monotonic() - killed_at
+            samples = daemon.scrape()
+            assert total(samples, "gs_envelopes_total", result="ok") == envelopes
+            assert total(samples, "gs_mqtt_connected") == 1
+            (restarted,) = writer_processes(daemon)
+            assert restarted != writer
+            assert "history writer process exited with code -9" in daemon.log_path.read_text()
+            daemon.stop(kill=True)
+            deadline = time.monotonic() + 5
+            while _running(restarted):
+                assert time.monotonic() < deadline, "the writer outlived the daemon"
+                time.sleep(0.05)
+        assert stored_voltages(server, envelopes) == envelopes * HK_PER_ENVELOPE
+        assert caught_up_s > RESTART_DELAY_S  # it really was down, then started again
     finally:
         server.stop()
 
@@ -314,17 +405,9 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
         assert written < envelopes * HK_PER_ENVELOPE * HK_SAMPLES  # killed part way
         position = load_position(daemon.archive_dir)
         assert position is not None
-        # ICD section 3: the SCLK coarse count is bytes 6-9 of the first packet.
-        first = time_of(int.from_bytes(hk_packet(0)[6:10], "big"), 0)
 
         def stored() -> int:
-            answer = server.api(
-                "query",
-                query='count_over_time(gs_battery_voltage_volts{timeline="spacecraft"}[4h])',
-                time=f"{first + envelopes * HK_PER_ENVELOPE + 10:.3f}",
-            )
-            [item] = answer["data"]["result"]
-            return int(item["value"][1])
+            return stored_voltages(server, envelopes)
 
         with running_process(daemon):
             # The restarted writer catches up from its position; what Prometheus holds is
