@@ -205,20 +205,19 @@ class ArchiveWriter:
                 and self._segment_bytes + size > self._config.segment_max_bytes
             ):
                 self._end_segment()
-            current = self._file_and_path
-            if current is None:
+            if self._file is None:
                 self._start_segment(parts)
             else:
-                file, path = current
                 start = self._segment_bytes
                 try:
-                    _write_all(file.fileno(), parts)
+                    _write_all(self._file.fileno(), parts)
                     self._segment_bytes += size
                     self._unsynced = True
                     self._sync_per_policy()
                 except OSError as error:
+                    failure = self._write_error(error)
                     self._cut_back(start)
-                    raise ArchiveWriteError(path, error) from error
+                    raise failure from error
             self.bytes_written += size
             self.records_written += len(frames)
 
@@ -229,7 +228,7 @@ class ArchiveWriter:
                 try:
                     self._sync_per_policy()
                 except OSError as error:
-                    raise ArchiveWriteError(self._path or self._config.directory, error) from error
+                    raise self._write_error(error) from error
 
     def close(self) -> None:
         """Flush to disk and close; always fsyncs, whatever the policy. A failing sync is
@@ -243,11 +242,14 @@ class ArchiveWriter:
                 )
 
     def _end_segment(self) -> None:
-        path = self._path
         try:
             self._close()
         except OSError as error:
-            raise ArchiveWriteError(path or self._config.directory, error) from error
+            raise self._write_error(error) from error
+
+    def _write_error(self, error: OSError) -> ArchiveWriteError:
+        """`error` on the current segment (the directory before the first one)."""
+        return ArchiveWriteError(self._path or self._config.directory, error)
 
     def _close(self) -> None:
         if self._file is None:
@@ -287,12 +289,6 @@ class ArchiveWriter:
         self._unsynced = False
         self._last_sync = self._clock()
         _drop_from_page_cache(descriptor)
-
-    @property
-    def _file_and_path(self) -> tuple[BinaryIO, Path] | None:
-        if self._file is None or self._path is None:
-            return None
-        return self._file, self._path
 
     def _start_segment(self, first_batch: list[bytes]) -> None:
         """A new segment after every existing one, made with its first batch: the magic

@@ -14,8 +14,6 @@ import functools
 import itertools
 import logging
 import multiprocessing
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
-from groundstation.child_process import exit_with_parent, leave_stopping_to_the_parent
+from groundstation.child_process import start_as_child
 from groundstation.decoder import DecodeResult, PacketDecoder, Split
 from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.envelope import (
@@ -386,6 +384,7 @@ class ArchivingSink:
         self._log_invalid = InvalidEnvelopeLog()
         self.lock = asyncio.Lock()  # one archive call at a time (store, periodic fsync)
         self.write_failure: ArchiveWriteError | None = None  # the newest, while it lasts
+        self._failing_since = 0.0  # monotonic, when write_failure was first set
         self.write_errors_total = 0  # failed attempts, retries included
 
     async def store(self, batch: list[Delivery]) -> list[Arrival]:
@@ -412,14 +411,13 @@ class ArchivingSink:
     async def _archive(self, write: Callable[[], None]) -> None:
         """`write` on a worker thread until it succeeds, waiting ever longer in between."""
         delay_s = self._retry_min_s
-        failed_since = 0.0
         while True:
             try:
                 await asyncio.to_thread(write)
             except ArchiveWriteError as error:
                 self.write_errors_total += 1
                 if self.write_failure is None:
-                    failed_since = time.monotonic()
+                    self._failing_since = time.monotonic()
                     logger.error(
                         "%s; ingest paused (nothing more is acknowledged), retrying",
                         error,
@@ -433,7 +431,7 @@ class ArchivingSink:
                 logger.warning(
                     "archive writes to %s succeed again after %.1f s; ingest resumed",
                     self.write_failure.path,
-                    time.monotonic() - failed_since if failed_since else 0.0,
+                    time.monotonic() - self._failing_since,
                     extra={"path": str(self.write_failure.path)},
                 )
                 self.write_failure = None
@@ -837,10 +835,7 @@ _child: _Child | None = None
 
 def _child_start(settings: _ChildSettings, slots_name: str) -> None:
     global _child  # noqa: PLW0603 - one pipeline per child process
-    leave_stopping_to_the_parent()  # it drains first
-    threading.Thread(
-        target=exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
-    ).start()
+    start_as_child()  # the parent stops it once it has drained
     # The parent owns (and unlinks) the memory; the child shares its resource tracker,
     # which keeps one entry per name, so attaching registers nothing new.
     slots = SharedMemory(name=slots_name)

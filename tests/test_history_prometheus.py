@@ -295,6 +295,30 @@ async def test_a_store_down_only_makes_the_lag_grow_then_it_catches_up(
         server.stop()
 
 
+def history_daemon(mosquitto: Mosquitto, tmp_path: Path, server: PrometheusServer) -> DaemonProcess:
+    """`groundstation run` with [history] into `server`: small requests, quick polls."""
+    history = (
+        f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
+        "poll_interval_s = 0.2\n"
+    )
+    return DaemonProcess(
+        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
+    )
+
+
+def publish_until_part_written(
+    daemon: DaemonProcess, mosquitto: Mosquitto, envelopes: int
+) -> float:
+    """Publish `envelopes` HK envelopes; return once 20,000 of their samples are written
+    (part way), with how many are."""
+    asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
+    deadline = time.monotonic() + 60
+    while (written := total(daemon.scrape(), "gs_history_samples_total", result="ok")) < 20_000:
+        assert time.monotonic() < deadline, daemon.log_tail()
+        time.sleep(0.02)
+    return written
+
+
 def stored_voltages(server: PrometheusServer, envelopes: int) -> int:
     """Battery voltage samples of the first `envelopes` HK envelopes that Prometheus holds."""
     # ICD section 3: the SCLK coarse count is bytes 6-9 of the first packet.
@@ -339,21 +363,11 @@ def test_a_killed_writer_process_is_started_again_and_resumes(
     exit and starts the writer again, which resumes from its position: every packet's
     samples reach Prometheus. Then the daemon killed with -9: the writer exits with it."""
     server = prometheus_with_receiver(tmp_path / "prometheus", window=shipped_window())
-    history = (
-        f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
-        "poll_interval_s = 0.2\n"
-    )
-    daemon = DaemonProcess(
-        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
-    )
+    daemon = history_daemon(mosquitto, tmp_path, server)
     envelopes = 3000
     try:
         with running_process(daemon):
-            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
-            deadline = time.monotonic() + 60
-            while total(daemon.scrape(), "gs_history_samples_total", result="ok") < 20_000:
-                assert time.monotonic() < deadline, daemon.log_tail()
-                time.sleep(0.02)
+            publish_until_part_written(daemon, mosquitto, envelopes)
             (writer,) = writer_processes(daemon)
             os.kill(writer, signal.SIGKILL)
             killed_at = time.monotonic()
@@ -384,23 +398,11 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
     process killed with -9 while the writer is part way; restarted, it resumes from its
     position: every packet's samples are in Prometheus."""
     server = prometheus_with_receiver(tmp_path / "prometheus", window=shipped_window())
-    history = (
-        f'[history]\nurl = "{server.url}/api/v1/write"\nbatch_max_samples = 1000\n'
-        "poll_interval_s = 0.2\n"
-    )
-    daemon = DaemonProcess(
-        workdir=tmp_path / "daemon", broker_port=mosquitto.port, config_toml=history
-    )
+    daemon = history_daemon(mosquitto, tmp_path, server)
     envelopes = 3000
     try:
         with running_process(daemon):
-            asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
-            deadline = time.monotonic() + 60
-            while (
-                written := total(daemon.scrape(), "gs_history_samples_total", result="ok")
-            ) < 20_000:
-                assert time.monotonic() < deadline, daemon.log_tail()
-                time.sleep(0.02)
+            written = publish_until_part_written(daemon, mosquitto, envelopes)
             daemon.stop(kill=True)
         assert written < envelopes * HK_PER_ENVELOPE * HK_SAMPLES  # killed part way
         position = load_position(daemon.archive_dir)

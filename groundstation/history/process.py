@@ -23,7 +23,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Final
 
-from groundstation.child_process import exit_with_parent, leave_stopping_to_the_parent
+from groundstation.child_process import start_as_child
 from groundstation.config import HistoryConfig
 from groundstation.definitions import load_dictionaries
 from groundstation.history.writer import HistoryStatus, HistoryWriter, SharedStatus
@@ -107,11 +107,8 @@ class HistoryProcess:
 
 def _run_writer(settings: HistorySettings, shared: SharedStatus, stop: Event) -> None:
     """The child: the writer's loop until `stop` is set (or the parent is gone)."""
-    leave_stopping_to_the_parent()
+    start_as_child()
     os.nice(WRITER_NICENESS)
-    threading.Thread(
-        target=exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True
-    ).start()
     writer = HistoryWriter(
         settings.config,
         archive_dir=settings.archive_dir,

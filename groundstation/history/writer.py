@@ -193,9 +193,9 @@ class HistoryStatus:
 
     @classmethod
     def new_shared(cls, context: BaseContext | None = None) -> SharedStatus:
-        """The numbers, zero but for `up` and the newest written receive time: NaN until the writer
-        has looked at the archive (then the position's record, or with no position the
-        first record: lag is counted from where the writer stands)."""
+        """The numbers, zero but for `up` and the newest written receive time: NaN until
+        the writer has looked at the archive (then the position's record, or with no
+        position the first record: lag is counted from where the writer stands)."""
         shared = (context or multiprocessing.get_context("spawn")).Array("d", cls.FIELDS)
         shared[cls._NEWEST_WRITTEN] = math.nan
         # Up until a write fails: a station with nothing to write (or a writer starting)
@@ -229,10 +229,10 @@ class HistoryStatus:
             shared = self._shared
             shared[self._NEWEST_ARCHIVED] = max(shared[self._NEWEST_ARCHIVED], received_at)
             newest_written = shared[self._NEWEST_WRITTEN]
-            if written or math.isnan(newest_written):
-                shared[self._NEWEST_WRITTEN] = (
-                    received_at if math.isnan(newest_written) else max(newest_written, received_at)
-                )
+            if math.isnan(newest_written):
+                shared[self._NEWEST_WRITTEN] = received_at
+            elif written:
+                shared[self._NEWEST_WRITTEN] = max(newest_written, received_at)
 
     def lag_seconds(self, *, newest_received: float = 0.0) -> float:
         """`newest_received`: the receive time of the newest envelope the daemon archived,
@@ -296,7 +296,7 @@ class HistoryWriter:
         url = config.url
         self.config = config
         self.archive_dir = archive_dir
-        self.status = status or HistoryStatus()
+        self.status = status if status is not None else HistoryStatus()
         self._dictionaries = dictionaries
         self._max_payload_bytes = max_payload_bytes
         self._batch_envelopes = batch_max_envelopes
