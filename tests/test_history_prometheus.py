@@ -310,13 +310,19 @@ def publish_until_part_written(
     daemon: DaemonProcess, mosquitto: Mosquitto, envelopes: int
 ) -> float:
     """Publish `envelopes` HK envelopes; return once 20,000 of their samples are written
-    (part way), with how many are."""
+    and the writer has saved a position (part way), with how many samples are written.
+
+    A sample is counted when its request succeeds, the position only after the whole
+    archive batch is written: waiting for the count alone could kill the daemon before
+    the first position exists."""
     asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(envelopes))))
     deadline = time.monotonic() + 60
-    while (written := total(daemon.scrape(), "gs_history_samples_total", result="ok")) < 20_000:
+    while True:
+        written = total(daemon.scrape(), "gs_history_samples_total", result="ok")
+        if written >= 20_000 and load_position(daemon.archive_dir) is not None:
+            return written
         assert time.monotonic() < deadline, daemon.log_tail()
         time.sleep(0.02)
-    return written
 
 
 def stored_voltages(server: PrometheusServer, envelopes: int) -> int:
@@ -407,6 +413,7 @@ def test_kill_9_mid_write_resumes_from_the_position(mosquitto: Mosquitto, tmp_pa
         assert written < envelopes * HK_PER_ENVELOPE * HK_SAMPLES  # killed part way
         position = load_position(daemon.archive_dir)
         assert position is not None
+        assert position.records < envelopes  # the restart has a backlog to write
 
         def stored() -> int:
             return stored_voltages(server, envelopes)
