@@ -221,6 +221,14 @@ class ArchiveWriter:
             self.bytes_written += size
             self.records_written += len(frames)
 
+    @property
+    def end(self) -> LogPosition | None:
+        """Where the archive ends after the last append (None before the first): what the
+        consumers may read up to."""
+        if self._path is None or self._file is None:
+            return None
+        return LogPosition(self._path.name, self._segment_bytes)
+
     def sync_if_due(self) -> None:
         """For fsync=interval: called when idle, so the last batch does not stay unsynced."""
         if self._config.fsync == "interval":
@@ -288,7 +296,6 @@ class ArchiveWriter:
         os.fdatasync(descriptor)
         self._unsynced = False
         self._last_sync = self._clock()
-        _drop_from_page_cache(descriptor)
 
     def _start_segment(self, first_batch: list[bytes]) -> None:
         """A new segment after every existing one, made with its first batch: the magic
@@ -314,7 +321,6 @@ class ArchiveWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise ArchiveWriteError(path, error) from error
-        _drop_from_page_cache(file.fileno())
         self._file, self._path = file, path
         self._segment_bytes = len(MAGIC) + sum(len(part) for part in first_batch)
         self._unsynced = False
@@ -322,14 +328,15 @@ class ArchiveWriter:
         logger.info("archive segment opened", extra={"path": str(path)})
 
 
-def _drop_from_page_cache(descriptor: int) -> None:
-    """What is on disk is read again only by a replay or a restart's resume scan: drop it
-    from the page cache, so the archive does not fill memory with write-once data and the
-    next writes reuse the pages just freed (docs/decisions.md, "Daemon"). Only a hint:
-    where a file system refuses it, the archive is just as safe."""
+def _drop_from_page_cache(descriptor: int, offset: int, length: int) -> None:
+    """Pages the decoding consumer has read are read again only by a replay, a lagging
+    history writer or a restart's resume scan: drop them from the page cache, so the
+    archive does not fill memory with write-once data and the next writes reuse the pages
+    just freed (docs/decisions.md, "Daemon"). Only a hint: dirty pages (fsync `interval`
+    or `never`) stay until written back, and where a file system refuses it, nothing is lost."""
     if _FADVISE:
         with contextlib.suppress(OSError):
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(descriptor, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _write_all(descriptor: int, parts: list[bytes]) -> None:
@@ -345,6 +352,20 @@ def _write_all(descriptor: int, parts: list[bytes]) -> None:
         pending = pending[done:]
         if written:  # a short write ended inside this part
             pending[0] = pending[0][written:]
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """A small file beside the segments (a consumer's position): write to a temporary,
+    fsync, rename, fsync the directory, so a crash leaves the old file or the new, whole."""
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -424,13 +445,158 @@ class ArchiveReader:
             )
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class LogPosition:
+    """A place in the archive: a segment's file name (the names sort in arrival order) and
+    the byte offset of the next record in it; offset 0 is the segment's start."""
+
+    segment: str
+    offset: int
+
+
+ARCHIVE_START: Final = LogPosition("", 0)  # before the first segment, whatever its name
+
+
+class LogCursor:
+    """Reads the archive forward from a position, a bounded chunk at a time: how a consumer
+    follows the log while the daemon appends to it.
+
+    It reads only up to an end it is given (`ArchiveWriter.end`, or a segment's size for
+    one the writer has left), so it never sees a batch half written. Damage is stepped over
+    and counted in `stats`, as `ArchiveReader` does; a damaged stretch that crosses the end
+    of a chunk counts once per chunk. With `drop_read_pages`, the pages it has read are
+    dropped from the page cache (`_drop_from_page_cache`).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        position: LogPosition,
+        *,
+        chunk_bytes: int,
+        drop_read_pages: bool = False,
+    ) -> None:
+        self.directory = directory
+        self.position = position
+        self.stats = ReadStats()
+        self._chunk_bytes = chunk_bytes
+        self._drop_read_pages = drop_read_pages
+
+    def read(self, until: LogPosition) -> list[ArchiveRecord]:
+        """The next whole records before `until`, about `chunk_bytes` of them (at least one
+        record, whatever its size); [] once the cursor has reached `until`."""
+        while self.position < until:
+            if self.position == ARCHIVE_START and not self._next_segment(until):
+                return []
+            path = self.directory / self.position.segment
+            try:
+                file = path.open("rb", buffering=0)
+            except FileNotFoundError:  # removed by an operator: go on with the next one
+                if not self._next_segment(until):
+                    return []
+                continue
+            with file:
+                size = os.fstat(file.fileno()).st_size
+                end = min(until.offset, size) if self.position.segment == until.segment else size
+                if self.position.offset < end:
+                    records = self._read_chunk(file.fileno(), end)
+                    if records:
+                        return records
+                    continue  # damage only: read on
+            if self.position.segment == until.segment or not self._next_segment(until):
+                return []
+        return []
+
+    def _read_chunk(self, descriptor: int, end: int) -> list[ArchiveRecord]:
+        offset = self.position.offset
+        if offset == 0:
+            head = os.pread(descriptor, len(MAGIC), 0)
+            if head == MAGIC_V1:
+                return self._read_v1_segment(descriptor, end)
+            self.stats.segments += 1
+            if head == MAGIC:
+                offset = len(MAGIC)
+        wanted = self._chunk_bytes
+        while True:
+            size = min(wanted, end - offset)
+            data = os.pread(descriptor, size, offset)
+            cut = offset + len(data) < end
+            damage = _Damage()
+            records = list(_read_v2(data, 0, damage, base=offset, cut=cut))
+            if records or damage.stopped_at > offset or not cut:
+                break
+            # One record larger than a chunk: read it whole.
+            length = _header_length(memoryview(data), 0)
+            wanted = _HEADER.size + length if length is not None else 2 * wanted
+        self._count(damage, records)
+        if self._drop_read_pages:
+            # From the segment start: a large folio that straddles the start of this chunk
+            # is dropped only by a range that holds all of it.
+            _drop_from_page_cache(descriptor, 0, damage.stopped_at)
+        self.position = LogPosition(self.position.segment, damage.stopped_at)
+        return records
+
+    def _read_v1_segment(self, descriptor: int, end: int) -> list[ArchiveRecord]:
+        """A version-1 segment (only in archives older than the cursor): read whole."""
+        data = os.pread(descriptor, end, 0)
+        damage = _Damage()
+        records = list(_read_v1(data, damage))
+        self.stats.segments += 1
+        self._count(damage, records)
+        self.position = LogPosition(self.position.segment, end)
+        return records
+
+    def _count(self, damage: _Damage, records: list[ArchiveRecord]) -> None:
+        self.stats.records += len(records)
+        if damage.records or damage.bytes:
+            self.stats.damaged_records += damage.records
+            self.stats.damaged_bytes += damage.bytes
+            logger.warning(
+                "archive segment %s damaged: %d records (%d bytes) skipped, first at byte %d",
+                self.directory / self.position.segment,
+                damage.records,
+                damage.bytes,
+                damage.first_offset,
+                extra={"path": str(self.directory / self.position.segment)},
+            )
+
+    def _next_segment(self, until: LogPosition) -> bool:
+        """Move to the start of the segment after the cursor's; False if there is none
+        before `until` yet."""
+        later = [
+            path.name
+            for path in list_segments(self.directory)
+            if self.position.segment < path.name <= until.segment
+        ]
+        if not later:
+            return False
+        self.position = LogPosition(later[0], 0)
+        return True
+
+
+def archive_end(directory: Path) -> LogPosition:
+    """Where the archive ends now: the newest segment's size (ARCHIVE_START without one)."""
+    segments = list_segments(directory)
+    if not segments:
+        return ARCHIVE_START
+    return LogPosition(segments[-1].name, segments[-1].stat().st_size)
+
+
+def tail_start(directory: Path, before: LogPosition, tail_bytes: int) -> LogPosition:
+    """The start of the newest segments up to `before` that hold at least `tail_bytes`."""
+    segments = [path for path in list_segments(directory) if path.name <= before.segment]
+    chosen = _newest_segments(segments, tail_bytes) if tail_bytes > 0 else []
+    return LogPosition(chosen[0].name, 0) if chosen else before
+
+
 @dataclass
 class _Damage:
-    """What one segment's reading skipped."""
+    """What one segment's reading skipped, and where it stopped (`_read_v2` with `cut`)."""
 
     records: int = 0
     bytes: int = 0
     first_offset: int = -1
+    stopped_at: int = 0
 
     def add(self, start: int, end: int, *, records: int = 1) -> None:
         if self.first_offset < 0:
@@ -439,34 +605,48 @@ class _Damage:
         self.bytes += end - start
 
 
-def _read_v2(data: bytes, start: int, damage: _Damage) -> Iterator[ArchiveRecord]:
-    """Records from `start`, resynchronising on the next intact header after damage."""
+def _read_v2(
+    data: bytes, start: int, damage: _Damage, *, base: int = 0, cut: bool = False
+) -> Iterator[ArchiveRecord]:
+    """Records from `start`, resynchronising on the next intact header after damage.
+
+    `data` is the segment from byte `base` on (damage is reported at segment offsets). With
+    `cut`, it ends before its segment does: a record running past its end is left for the
+    next read, and `damage.stopped_at` says where that read starts."""
     view = memoryview(data)
     end = len(data)
     offset = start
-    if start == 0:
+    if start == 0 and base == 0:
         # The magic line is damaged: what precedes the first intact header is lost, and
         # holds a record too if it is longer than the magic line.
         offset = _next_header(data, view, 0)
         damage.add(0, offset, records=1 if offset > len(MAGIC) else 0)
+    # Where a header may begin and still be read whole: with `cut`, not in the last bytes.
+    limit = end - _HEADER.size + 1 if cut else end
     while offset < end:
+        if offset >= limit:
+            break
         length = _header_length(view, offset)
         if length is None:
-            resumed = _next_header(data, view, offset + 1)
-            damage.add(offset, resumed)
+            resumed = min(_next_header(data, view, offset + 1), max(limit, offset + 1))
+            damage.add(base + offset, base + resumed)
             offset = resumed
             continue
         body_end = offset + _HEADER.size + length
+        if cut and body_end > end:
+            break
         record = _decode_body(view, offset, length) if body_end <= end else None
         if record is None:
             # The header is intact, so its length can be trusted, unless the record was
             # cut short or what follows is not a header (then search from here).
-            if body_end > end or (body_end < end and _header_length(view, body_end) is None):
+            follows_header = body_end >= limit or _header_length(view, body_end) is not None
+            if body_end > end or (body_end < end and not follows_header):
                 body_end = _next_header(data, view, offset + 1)
-            damage.add(offset, body_end)
+            damage.add(base + offset, base + body_end)
         else:
             yield record
         offset = body_end
+    damage.stopped_at = base + offset
 
 
 def _header_length(view: memoryview, offset: int) -> int | None:

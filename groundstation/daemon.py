@@ -1,9 +1,10 @@
-"""The daemon: one task group owning subscriber, decode worker and timers; bounded shutdown.
+"""The daemon: one task group owning subscriber, decoding consumer and timers; bounded shutdown.
 
-Start-up: load the packet dictionaries, resume sequence accounting from the archive's tail,
-open the archive, serve /metrics and /healthz, start the embedded broker when no broker is
-configured, subscribe. Shutdown (an event that a signal handler or a test sets): stop
-receiving, drain the decode queue within `ingest.shutdown_timeout_s`, close the archive.
+Start-up: load the packet dictionaries, start the decoding consumer (it finds its place in
+the archive), open the archive, serve /metrics and /healthz, start the embedded broker when
+no broker is configured, subscribe. Shutdown (an event that a signal handler or a test
+sets): stop receiving, let the consumer read what is archived within
+`ingest.shutdown_timeout_s` and save its position, close the archive.
 """
 
 from __future__ import annotations
@@ -27,20 +28,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from groundstation.archive import ArchiveWriter, directory_lock
 from groundstation.broker import embedded_broker
 from groundstation.config import Config
+from groundstation.decoding import DecodeFollower, DecodeSettings, DecodingProcess
 from groundstation.definitions import load_dictionaries
 from groundstation.errors import AddressInUseError
 from groundstation.history.process import HistoryProcess, HistorySettings
 from groundstation.history.writer import HistoryCollector
 from groundstation.metrics import PipelineStatus, TelemetryCollector
 from groundstation.mqtt import Subscriber
-from groundstation.pipeline import (
-    ArchivingSink,
-    Arrival,
-    DecodeWorker,
-    IngestQueue,
-    PipelineProcess,
-    ResumeScan,
-)
+from groundstation.pipeline import ArchivingSink
 from groundstation.telemetry import LAST_RECEIVE_TIME, Telemetry
 
 logger = logging.getLogger(__name__)
@@ -65,9 +60,9 @@ class Health:
 class DrainOutcome:
     """How the last shutdown went: logged, and read by tests instead of timing the exit."""
 
-    seconds: float  # from stop-receiving to the last queued batch decoded (or the timeout)
+    seconds: float  # from stop-receiving to the last archived envelope decoded (or the timeout)
     timed_out: bool
-    left_undecoded: int  # archived and acknowledged envelopes whose metrics were lost
+    left_undecoded: int  # archived envelopes the consumer decodes after the next start
 
 
 class Daemon:
@@ -82,24 +77,16 @@ class Daemon:
         self.registry = CollectorRegistry()
         self._stop_receiving = asyncio.Event()
         self._stopping = False
-        self._ingest_queue = IngestQueue(
-            max_envelopes=config.ingest.queue_max_envelopes,
-            max_bytes=config.ingest.queue_max_bytes,
-        )
-        self.pipeline = PipelineProcess(
+        settings = DecodeSettings(
             archive_dir=config.archive.directory,
             resume_tail_bytes=config.ingest.resume_scan_bytes,
             max_payload_bytes=config.ingest.max_payload_bytes,
-            batch_size=config.ingest.batch_max_envelopes,
-            batch_max_bytes=config.ingest.batch_max_bytes,
             max_clock_skew_s=config.ingest.max_clock_skew_s,
-        )
-        self.worker = DecodeWorker(
-            self.pipeline,
-            self._ingest_queue,
-            initial=Telemetry(self.dictionaries).snapshot(),
             batch_max_envelopes=config.ingest.batch_max_envelopes,
             batch_max_bytes=config.ingest.batch_max_bytes,
+        )
+        self.follower = DecodeFollower(
+            DecodingProcess(settings), initial=Telemetry(self.dictionaries).snapshot()
         )
         self.history: HistoryProcess | None = None
         if config.history.url is not None:
@@ -114,9 +101,8 @@ class Daemon:
                     max_clock_skew_s=config.ingest.max_clock_skew_s,
                 )
             )
-        self.subscriber: Subscriber[list[Arrival]] | None = None
+        self.subscriber: Subscriber | None = None
         self.sink: ArchivingSink | None = None
-        self.resume_scan = ResumeScan(envelopes=0, damaged_records=0, damaged_bytes=0)
         self.drain_outcome: DrainOutcome | None = None
 
     def status(self) -> PipelineStatus:
@@ -131,9 +117,9 @@ class Daemon:
         return PipelineStatus(
             mqtt_connected=bool(subscriber and subscriber.connected),
             reconnects_total=subscriber.reconnects_total if subscriber else 0,
-            queue_depth=self._ingest_queue.depth,
-            archive_damaged_records=self.resume_scan.damaged_records,
-            archive_damaged_bytes=self.resume_scan.damaged_bytes,
+            queue_depth=self.follower.backlog,
+            archive_damaged_records=self.follower.damaged_records,
+            archive_damaged_bytes=self.follower.damaged_bytes,
             session_takeovers_total=subscriber.session_takeovers_total if subscriber else 0,
             archive_write_failing=bool(sink and sink.write_failure),
             archive_write_errors_total=sink.write_errors_total if sink else 0,
@@ -157,9 +143,9 @@ class Daemon:
         async with AsyncExitStack() as stack:
             # First: a second daemon on this directory stops here, before it reads or writes.
             stack.enter_context(directory_lock(config.archive.directory))
-            # Before the archive writer starts a new segment: the child reads the tail.
-            stack.callback(self.pipeline.close)
-            self.resume_scan = resumed = await self.pipeline.start()
+            # Before the archive writer starts a new segment: the consumer finds its place.
+            stack.callback(self.follower.close)
+            resumed = await self.follower.start()
             if resumed.damaged_records or resumed.damaged_bytes:
                 logger.warning(
                     "resume scan of %s skipped %d damaged archive records (%d bytes)",
@@ -171,12 +157,17 @@ class Daemon:
                 logger.info(
                     "sequence accounting resumed from %d archived envelopes", resumed.envelopes
                 )
+            if resumed.backlog_records:
+                logger.info(
+                    "decoding %d archived envelopes not decoded before the last stop",
+                    resumed.backlog_records,
+                )
             writer = ArchiveWriter(config.archive)
             await asyncio.to_thread(writer.open)
             stack.push_async_callback(asyncio.to_thread, writer.close)
             sink = ArchivingSink(
                 writer,
-                self._ingest_queue,
+                self.follower.archived,
                 max_payload_bytes=config.ingest.max_payload_bytes,
                 vehicles=self.dictionaries,
                 max_clock_skew_s=config.ingest.max_clock_skew_s,
@@ -185,7 +176,7 @@ class Daemon:
             self.metrics_address = stack.enter_context(self._serve_http())
             if config.broker.embedded:
                 await stack.enter_async_context(embedded_broker(port=config.broker.port))
-            subscriber: Subscriber[list[Arrival]] = Subscriber(
+            subscriber = Subscriber(
                 config.broker,
                 sink,
                 batch_max_messages=config.ingest.batch_max_envelopes,
@@ -194,7 +185,7 @@ class Daemon:
             self.subscriber = subscriber
             async with asyncio.TaskGroup() as tasks:
                 receiving = tasks.create_task(subscriber.run(self._stop_receiving))
-                decoding = tasks.create_task(self.worker.run())
+                decoding = tasks.create_task(self.follower.run())
                 syncing = tasks.create_task(self._sync_archive(sink))
                 history = None if self.history is None else tasks.create_task(self.history.run())
                 self.ready.set()
@@ -206,41 +197,43 @@ class Daemon:
         logger.info("ground station stopped; archive closed")
 
     async def _drain(self, receiving: asyncio.Task[None], decoding: asyncio.Task[None]) -> None:
-        """Stop receiving, decode what is queued, all within shutdown_timeout_s."""
+        """Stop receiving, let the consumer decode what is archived, all within
+        shutdown_timeout_s; then save its position (what is left is decoded at the next
+        start)."""
         self._stopping = True
         timeout_s = self.config.ingest.shutdown_timeout_s
-        logger.info("shutting down: draining %d queued envelopes", self._ingest_queue.depth)
+        logger.info("shutting down: %d archived envelopes to decode", self.follower.backlog)
         self._stop_receiving.set()
         started = time.monotonic()
+        decoding.cancel()  # the follower's loop; the drain catches up itself
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.wait([receiving])
-                await self._ingest_queue.close()
                 await asyncio.wait([decoding])
+                await self.follower.catch_up()
         except TimeoutError:
-            # Everything queued is archived and acknowledged: only its metrics are lost,
-            # and `groundstation replay` still counts it.
             self.drain_outcome = DrainOutcome(
                 seconds=time.monotonic() - started,
                 timed_out=True,
-                left_undecoded=self._ingest_queue.depth,
+                left_undecoded=self.follower.backlog,
             )
             logger.warning(
-                "shutdown drain exceeded %.1f s; %d archived envelopes left undecoded",
+                "shutdown drain exceeded %.1f s; %d archived envelopes are decoded at the next"
+                " start",
                 timeout_s,
-                self._ingest_queue.depth,
+                self.follower.backlog,
             )
             receiving.cancel()
-            decoding.cancel()
         else:
             self.drain_outcome = DrainOutcome(
                 seconds=time.monotonic() - started, timed_out=False, left_undecoded=0
             )
             logger.info("drained in %.2f s", self.drain_outcome.seconds)
+        await self.follower.save()
 
     def _newest_received(self) -> float:
         """Receive time of the newest valid envelope decoded live (gs_last_receive_time_seconds)."""
-        for family in self.worker.latest_snapshot.families:
+        for family in self.follower.latest_snapshot.families:
             if family.family is LAST_RECEIVE_TIME:
                 return max((value for _, value in family.samples), default=0.0)
         return 0.0
@@ -256,7 +249,7 @@ class Daemon:
     def _serve_http(self) -> Iterator[tuple[str, int]]:
         """/metrics (a fresh registry per daemon) and /healthz, in a thread of their own."""
         self.registry.register(
-            TelemetryCollector(snapshot=lambda: self.worker.latest_snapshot, pipeline=self.status)
+            TelemetryCollector(snapshot=lambda: self.follower.latest_snapshot, pipeline=self.status)
         )
         if self.history is not None:
             self.registry.register(

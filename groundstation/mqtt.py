@@ -38,7 +38,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -60,8 +60,6 @@ _SUBSCRIBE_FAILED: Final = 0x80  # SUBACK failure (MQTT 3.1.1 3.9.3; MQTT 5 code
 SESSION_TAKEN_OVER: Final = 0x8E  # MQTT 5 DISCONNECT reason code (section 3.14.2.1)
 _CLOSED_WITHOUT_DISCONNECT: Final = -1  # the link ended with no DISCONNECT from either side
 
-_T = TypeVar("_T")
-
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -75,12 +73,11 @@ class Delivery:
     after_takeover: bool = False  # the first message after another client had our session
 
 
-class Sink(Protocol[_T]):
-    """Where batches go: `store` (archive) before the ack, `forward` (decode) after it."""
+class Sink(Protocol):
+    """Where batches go before they are acknowledged: the archive. Nothing else sits on the
+    ack path; the consumers read the archive."""
 
-    async def store(self, batch: list[Delivery]) -> _T: ...
-
-    async def forward(self, stored: _T) -> None: ...
+    async def store(self, batch: list[Delivery]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +290,7 @@ def _inbox_type(gate: _ReadGate, created: Callable[[_Inbox], None]) -> type[_Inb
 class _Connection:
     """One aiomqtt client, its paho client, inbox and read gate, for one session."""
 
-    def __init__(self, subscriber: Subscriber[Any]) -> None:
+    def __init__(self, subscriber: Subscriber) -> None:
         config = subscriber.config
         self.gate = _ReadGate(
             high_messages=config.receive_maximum, high_bytes=subscriber.inbox_max_bytes
@@ -380,13 +377,13 @@ class _Connection:
             self.gate.failed.cancel()
 
 
-class Subscriber(Generic[_T]):
+class Subscriber:
     """Keeps one persistent session with the broker and feeds a Sink until `stop` is set."""
 
     def __init__(
         self,
         config: BrokerConfig,
-        sink: Sink[_T],
+        sink: Sink,
         *,
         batch_max_messages: int,
         batch_max_bytes: int,
@@ -481,7 +478,7 @@ class Subscriber(Generic[_T]):
         )
 
     async def _session(self, connection: _Connection, stop: asyncio.Event) -> None:
-        """One connection: subscribe, then batch -> store -> ack -> forward until stop."""
+        """One connection: subscribe, then batch -> store -> ack until stop."""
         client = connection.client
         self._connection = connection
         held: socket.socket | None = None
@@ -507,10 +504,9 @@ class Subscriber(Generic[_T]):
                             # What went to the other client is not lost here (ICD section 6
                             # accounting counts the gap before this message taken over).
                             batch[0] = dataclasses.replace(batch[0], after_takeover=True)
-                        stored = await self._sink.store(batch)
+                        await self._sink.store(batch)
                         self._after_takeover = False
                         self._ack(connection.paho, batch)
-                        await self._sink.forward(stored)
                     held = self._stop_reading(connection)
                 finally:
                     self._connected = False

@@ -77,10 +77,10 @@ async def publish(port: int, payloads: Iterable[bytes], *, topic: str = "mars/tm
 
 
 async def processed(daemon: Daemon, envelopes: int) -> None:
-    """Wait until the decode worker has applied `envelopes` arrivals."""
-    worker = daemon.worker
-    async with worker.progress:
-        await worker.progress.wait_for(lambda: worker.envelopes_processed >= envelopes)
+    """Wait until the decoding consumer has decoded `envelopes` archived since start."""
+    follower = daemon.follower
+    async with follower.progress:
+        await follower.progress.wait_for(lambda: follower.envelopes_decoded >= envelopes)
 
 
 def get(url: str) -> tuple[int, str]:

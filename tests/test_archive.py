@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,10 @@ from groundstation.archive import (
     ArchiveReader,
     ArchiveRecord,
     ArchiveWriter,
+    ARCHIVE_START,
+    LogCursor,
+    LogPosition,
+    archive_end,
     encode_record,
     framed_size,
     list_segments,
@@ -121,19 +126,27 @@ def cached_bytes(path: Path) -> int:
     return int(output.strip())
 
 
-@pytest.mark.parametrize("fsync", ["always", "never"])
-def test_synced_records_leave_the_page_cache(tmp_path: Path, fsync: FsyncPolicy) -> None:
-    """Once on disk the archive is not kept in memory; unsynced data stays until it is."""
-    config = ArchiveConfig(directory=tmp_path, fsync=fsync)
+def test_records_the_cursor_has_read_leave_the_page_cache(tmp_path: Path) -> None:
+    """Once the decoding consumer has read synced records, the archive is not kept in
+    memory. (Unsynced pages, with fsync `interval` or `never`, go once written back.)"""
+    config = ArchiveConfig(directory=tmp_path, fsync="always")
     with ArchiveWriter(config) as writer:
         writer.append([record(99)])  # starts the segment (synced with it, whatever the policy)
         writer.append([record(i, size=64 * 1024) for i in range(32)])  # 2 MiB
         (segment,) = list_segments(tmp_path)
-        cached = cached_bytes(segment)
-    if fsync == "always":
-        assert cached <= 4096  # at most the partial last page, which the next write extends
-    else:
-        assert cached >= 32 * 64 * 1024
+        assert cached_bytes(segment) >= 32 * 64 * 1024  # written, not yet read
+        end = writer.end
+        assert end is not None
+        cursor = LogCursor(
+            tmp_path, LogPosition(segment.name, 0), chunk_bytes=1 << 20, drop_read_pages=True
+        )
+        read = []
+        while batch := cursor.read(end):
+            read += batch
+        assert read == [record(99), *(record(i, size=64 * 1024) for i in range(32))]
+        assert cursor.position == end
+        # At most the partial last page, which the next write extends.
+        assert cached_bytes(segment) <= 4096
 
 
 def test_segments_rotate_by_size_and_never_reopen(tmp_path: Path) -> None:
@@ -294,3 +307,105 @@ def test_short_writes_are_resumed_where_they_stopped(
     assert reader.stats.damaged_records == 0
     segment = list_segments(tmp_path)[0].read_bytes()
     assert segment == MAGIC + b"".join(encode_record(r) for r in written)
+
+
+def read_all(cursor: LogCursor, until: LogPosition) -> list[ArchiveRecord]:
+    records: list[ArchiveRecord] = []
+    while batch := cursor.read(until):
+        records += batch
+    return records
+
+
+def test_cursor_reads_the_archive_in_bounded_chunks_across_segments(tmp_path: Path) -> None:
+    """Chunks of at most about 30 kB, whole records only, through three segments and a
+    record larger than a chunk; what it reads is what the reader reads."""
+    config = ArchiveConfig(directory=tmp_path, segment_max_bytes=64 * 1024, fsync="never")
+    written = [record(i, size=7_000 if i != 11 else 100_000) for i in range(30)]
+    with ArchiveWriter(config) as writer:
+        for item in written:
+            writer.append([item])
+        end = writer.end
+    assert end is not None and len(list_segments(tmp_path)) >= 3
+    assert archive_end(tmp_path) == end
+    cursor = LogCursor(tmp_path, ARCHIVE_START, chunk_bytes=30_000)
+    chunks = []
+    while batch := cursor.read(end):
+        chunks.append(batch)
+    assert [item for chunk in chunks for item in chunk] == written
+    assert max(len(chunk) for chunk in chunks) <= 30_000 // 7_000
+    assert cursor.position == end
+    assert cursor.read(end) == []
+
+
+def test_cursor_stops_at_the_end_it_is_given_and_goes_on_from_there(tmp_path: Path) -> None:
+    config = ArchiveConfig(directory=tmp_path, fsync="never")
+    with ArchiveWriter(config) as writer:
+        writer.append([record(0), record(1)])
+        first_end = writer.end
+        writer.append([record(2)])
+        second_end = writer.end
+    assert first_end is not None and second_end is not None
+    cursor = LogCursor(tmp_path, LogPosition(first_end.segment, 0), chunk_bytes=1 << 20)
+    assert read_all(cursor, first_end) == [record(0), record(1)]
+    assert cursor.position == first_end
+    assert read_all(cursor, second_end) == [record(2)]
+
+
+def test_cursor_skips_and_counts_damage_like_the_reader(tmp_path: Path) -> None:
+    config = ArchiveConfig(directory=tmp_path, fsync="never")
+    with ArchiveWriter(config) as writer:
+        writer.append([record(i, size=1000) for i in range(10)])
+    (segment,) = list_segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[len(MAGIC) + 3 * len(encode_record(record(0, size=1000))) + 40] ^= 0x01  # record 3's body
+    data[len(MAGIC) + 6 * len(encode_record(record(0, size=1000))) + 1] ^= 0x01  # record 6's header
+    segment.write_bytes(bytes(data))
+    reader = ArchiveReader(tmp_path)
+    expected = list(reader.records())
+    end = archive_end(tmp_path)
+    for chunk_bytes in (1 << 20, 2_500, 1_100):
+        cursor = LogCursor(tmp_path, LogPosition(segment.name, 0), chunk_bytes=chunk_bytes)
+        assert read_all(cursor, end) == expected
+        assert len(expected) == 8
+        assert cursor.stats.damaged_records >= reader.stats.damaged_records == 2
+        assert cursor.stats.damaged_bytes == reader.stats.damaged_bytes
+
+
+def test_cursor_goes_past_a_removed_segment(tmp_path: Path) -> None:
+    config = ArchiveConfig(directory=tmp_path, segment_max_bytes=4096, fsync="never")
+    with ArchiveWriter(config) as writer:
+        for i in range(6):
+            writer.append([record(i, size=3000)])
+        end = writer.end
+    assert end is not None
+    segments = list_segments(tmp_path)
+    segments[1].unlink()
+    cursor = LogCursor(tmp_path, LogPosition(segments[1].name, 0), chunk_bytes=1 << 20)
+    assert read_all(cursor, end) == [record(i, size=3000) for i in range(2, 6)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=25),
+    chunk_bytes=st.integers(16, 20_000),
+    flips=st.lists(st.integers(0, 10**6), max_size=3),
+)
+def test_cursor_reads_what_the_reader_reads_in_any_chunking(
+    sizes: list[int], chunk_bytes: int, flips: list[int]
+) -> None:
+    """Any record sizes, any chunk size, a few flipped bits: the same good records."""
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        config = ArchiveConfig(directory=directory, fsync="never")
+        with ArchiveWriter(config) as writer:
+            writer.append([record(i, size=size) for i, size in enumerate(sizes)])
+        (segment,) = list_segments(directory)
+        data = bytearray(segment.read_bytes())
+        for flip in flips:
+            data[len(MAGIC) + flip % (len(data) - len(MAGIC))] ^= 0x10
+        segment.write_bytes(bytes(data))
+        end = archive_end(directory)
+        expected = list(ArchiveReader(directory).records())
+        cursor = LogCursor(directory, LogPosition(segment.name, 0), chunk_bytes=chunk_bytes)
+        assert read_all(cursor, end) == expected
+        assert cursor.position == end

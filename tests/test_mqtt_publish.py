@@ -94,14 +94,10 @@ class GatedSink:
         self.release = asyncio.Event()
         self.stored: list[Delivery] = []
 
-    async def store(self, batch: list[Delivery]) -> list[Delivery]:
+    async def store(self, batch: list[Delivery]) -> None:
         self.storing.set()
         await self.release.wait()
         self.stored.extend(batch)
-        return batch
-
-    async def forward(self, stored: list[Delivery]) -> None:
-        pass
 
 
 @contextlib.asynccontextmanager

@@ -1,17 +1,13 @@
-"""The pipeline without a broker: validation, batching, sequence resume, the bounded queue."""
+"""The pipeline without a broker: validation, batching, sequence resume, takeovers."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import pickle
 import random
 from dataclasses import replace
-from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import msgpack
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -24,24 +20,16 @@ from groundstation.envelope import Envelope, Invalid
 from groundstation.metrics import PipelineStatus, TelemetryCollector
 from groundstation.mqtt import backoff_delay_s
 from groundstation.pipeline import (
-    DECODE_BATCHES_IN_FLIGHT,
     Arrival,
-    DecodeWorker,
-    FoundSplit,
-    IngestQueue,
     InvalidEnvelopeLog,
-    PacketSlots,
     Pipeline,
-    PipelineProcess,
     RateLimitedWarnings,
     archived_arrivals,
     batched,
     check_payload,
     resume_sequences,
-    shared_buffer,
-    unpack_shipment,
 )
-from groundstation.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.telemetry import Telemetry
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
 from tests.icd_packets import HELI_HK, SCLK_EPOCH, hand_pack
 
@@ -124,8 +112,7 @@ def test_resume_sequences_makes_redelivery_a_duplicate(tmp_path: Path) -> None:
     decoders = {vehicle: PacketDecoder(d) for vehicle, d in DICTIONARIES.items()}
     resumed = resume_sequences(
         decoders,
-        ArchiveReader(tmp_path),
-        tail_bytes=1 << 20,
+        ArchiveReader(tmp_path).records(),
         max_payload_bytes=1 << 20,
         batch_size=2,
     )
@@ -181,255 +168,6 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     assert all(cap / 2 <= delay <= cap for delay, cap in zip(delays, caps, strict=True))
     assert max(delays) <= 30
     assert len(set(delays)) == len(delays)  # jittered
-
-
-@pytest.mark.asyncio
-async def test_ingest_queue_is_bounded_and_blocks_the_producer() -> None:
-    """A full queue makes `put` wait: the subscriber stops taking (and acking) batches."""
-    queue = IngestQueue(max_envelopes=4, max_bytes=1 << 20)
-    items = [arrival(envelope(seq)) for seq in range(6)]
-    await queue.put(items[:3])
-    blocked = asyncio.create_task(queue.put(items[3:]))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert not blocked.done()
-    assert queue.depth == 3
-    assert await queue.take(2, 1 << 20) == items[:2]
-    await blocked
-    assert queue.depth == 4
-    await queue.close()
-    assert await queue.take(10, 1 << 20) == items[2:]
-    assert await queue.take(10, 1 << 20) == []
-
-
-@pytest.mark.asyncio
-async def test_ingest_queue_counts_bytes_and_takes_an_oversized_batch_when_empty() -> None:
-    queue = IngestQueue(max_envelopes=100, max_bytes=1024)
-    big = [arrival(b"x" * 2000)]
-    await queue.put(big)  # larger than the byte bound, but the queue was empty
-    blocked = asyncio.create_task(queue.put([arrival(b"y")]))
-    await asyncio.sleep(0)
-    assert not blocked.done()
-    assert await queue.take(10, 1 << 20) == big
-    await blocked
-    assert queue.depth == 1
-
-
-@pytest.mark.asyncio
-async def test_ingest_queue_take_is_bounded_in_bytes_but_takes_at_least_one() -> None:
-    queue = IngestQueue(max_envelopes=100, max_bytes=1 << 20)
-    items = [arrival(b"x" * 1000) for _ in range(5)]
-    await queue.put(items)
-    assert await queue.take(10, 2500) == items[:2]
-    assert await queue.take(10, 10) == items[2:3]  # one, even over the bound
-    assert queue.depth == 2
-
-
-class _HeldPipeline(PipelineProcess):
-    """A PipelineProcess stand-in whose batches finish when the test releases them."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            archive_dir=Path(),
-            resume_tail_bytes=0,
-            max_payload_bytes=0,
-            batch_size=1,
-            batch_max_bytes=1024,
-        )
-        self.sent: list[tuple[list[Arrival], asyncio.Future[TelemetrySnapshot]]] = []
-        self.lanes_busy: set[int] = set()
-        self.arrived = asyncio.Event()
-
-    async def process(self, batch: list[Arrival], *, lane: int) -> TelemetrySnapshot:
-        assert lane not in self.lanes_busy, "two batches in one lane's slot"
-        self.lanes_busy.add(lane)
-        done: asyncio.Future[TelemetrySnapshot] = asyncio.get_running_loop().create_future()
-        self.sent.append((batch, done))
-        self.arrived.set()
-        try:
-            return await done
-        finally:
-            self.lanes_busy.discard(lane)
-
-
-@pytest.mark.asyncio
-async def test_decode_worker_keeps_two_batches_in_flight_and_the_newest_snapshot() -> None:
-    """Batches go to the child in queue order, two at a time; a late answer is not newest.
-
-    1. queue three batches' worth of envelopes (one envelope per batch);
-    2. the worker sends the first two at once, and not the third;
-    3. the second batch's snapshot arrives first, then the first's: the worker keeps the
-       second's, since the child applied the first before it;
-    4. the third is sent when a lane frees; closing the queue ends the worker.
-    """
-    queue = IngestQueue(max_envelopes=10, max_bytes=1 << 20)
-    items = [arrival(envelope(seq)) for seq in range(3)]
-    await queue.put(items)
-    pipeline = _HeldPipeline()
-    initial = TelemetrySnapshot(families=(), histograms=())
-    worker = DecodeWorker(
-        pipeline, queue, initial=initial, batch_max_envelopes=1, batch_max_bytes=1 << 20
-    )
-    running = asyncio.create_task(worker.run())
-    while len(pipeline.sent) < DECODE_BATCHES_IN_FLIGHT:
-        pipeline.arrived.clear()
-        await pipeline.arrived.wait()
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert [batch for batch, _ in pipeline.sent] == [items[:1], items[1:2]]
-    first, second = (TelemetrySnapshot(families=(), histograms=()) for _ in range(2))
-    pipeline.sent[1][1].set_result(second)
-    async with worker.progress:
-        await worker.progress.wait_for(lambda: worker.envelopes_processed == 1)
-    assert worker.latest_snapshot is second
-    pipeline.sent[0][1].set_result(first)
-    async with worker.progress:
-        await worker.progress.wait_for(lambda: worker.envelopes_processed == 2)
-    assert worker.latest_snapshot is second
-    while len(pipeline.sent) < 3:
-        pipeline.arrived.clear()
-        await pipeline.arrived.wait()
-    assert pipeline.sent[2][0] == items[2:]
-    third = TelemetrySnapshot(families=(), histograms=())
-    pipeline.sent[2][1].set_result(third)
-    await queue.close()
-    await running
-    assert worker.latest_snapshot is third
-    assert worker.envelopes_processed == 3
-
-
-def slot_batches() -> list[list[Arrival]]:
-    """Two lanes' batches: both vehicles interleaved, an invalid payload, an empty envelope,
-    and a malformed tail (a mixed buffer, walked header by header)."""
-    rover = [
-        arrival(envelope(seq, vehicle="perseverance"), received_at=1.7e9 + seq) for seq in (40, 41)
-    ]
-    mixed = hk_packet(7) + hk_packet(8)[:-3]
-    return [
-        [arrival(envelope(0)), rover[0], arrival(envelope(1)), arrival(b"\xc1garbage"),
-         rover[1], arrival(envelope(2, packets=b"")), arrival(envelope(3, packets=mixed))],
-        [arrival(envelope(seq)) for seq in range(10, 12)],
-    ]  # fmt: skip
-
-
-def test_packet_slots_carry_each_lanes_packets_to_the_reader() -> None:
-    """What the child rebuilds equals what the parent had, lane by lane; invalid ones pass."""
-    batches = slot_batches()
-    slots = PacketSlots(lanes=2, slot_bytes=1 << 16)
-    try:
-        shipments = [slots.fill(lane, batch) for lane, batch in enumerate(batches)]
-        reader = SharedMemory(name=slots.name)
-        try:
-            for batch, shipment in zip(batches, shipments, strict=True):
-                # Only metadata is pickled: the packets are not in the shipment.
-                pickled = pickle.dumps(shipment)
-                for item in batch:
-                    if isinstance(item.envelope, Envelope) and item.envelope.packets:
-                        assert bytes(item.envelope.packets) not in pickled
-                rebuilt, splits = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
-                assert [_comparable(a) for a in rebuilt] == [_comparable(a) for a in batch]
-                assert splits == {}  # none asked for
-                del rebuilt
-        finally:
-            reader.close()
-    finally:
-        slots.close()
-
-
-@pytest.mark.parametrize("room", [True, False])
-def test_packet_slots_carry_the_parents_split_to_the_reader(room: bool) -> None:
-    """A Split found by the parent reaches the child whole, and decoding with it gives what
-    decoding without it gives; in a slot with no room for it, the child finds its own."""
-    batches = slot_batches()
-    packet_bytes = [
-        sum(len(a.envelope.packets) for a in batch if isinstance(a.envelope, Envelope))
-        for batch in batches
-    ]
-    assert packet_bytes[0] > packet_bytes[1]  # lane 0 fills a slot of its size
-    slot_bytes = 1 << 16 if room else packet_bytes[0]
-    splitters = {vehicle: PacketDecoder(d) for vehicle, d in DICTIONARIES.items()}
-    slots = PacketSlots(lanes=2, slot_bytes=slot_bytes)
-    try:
-        for lane, batch in enumerate(batches):
-            shipment = slots.fill(lane, batch, splitters=splitters)
-            rebuilt, splits = unpack_shipment(shared_buffer(slots._memory), slot_bytes, shipment)
-            by_vehicle: dict[str, list[bytes]] = {}
-            for item in rebuilt:
-                if isinstance(item.envelope, Envelope):
-                    by_vehicle.setdefault(item.envelope.vehicle, []).append(
-                        bytes(item.envelope.packets)
-                    )
-            if room:
-                assert set(splits) == set(by_vehicle)
-            elif lane == 0:  # a full slot
-                assert splits == {}
-            for vehicle, found in splits.items():
-                split = found.split
-                assert 0 < found.seconds < 1
-                buffers = by_vehicle[vehicle]
-                sizes = np.array([len(b) for b in buffers], dtype=np.int64)
-                expected = splitters[vehicle].split(
-                    np.frombuffer(b"".join(buffers), np.uint8), sizes
-                )
-                for name in ("offset", "length", "buffer", "apid", "tail"):
-                    assert np.array_equal(getattr(split, name), getattr(expected, name)), name
-                    assert getattr(split, name).dtype == getattr(expected, name).dtype, name
-                # The vehicle's packets as the parent laid them: the envelopes back to back.
-                assert found.packets is not None
-                assert bytes(found.packets) == b"".join(buffers)
-                given = PacketDecoder(DICTIONARIES[vehicle]).decode(
-                    buffers, split=split, joined=found.packets
-                )
-                own = PacketDecoder(DICTIONARIES[vehicle]).decode(buffers)
-                assert given.counts() == own.counts()
-                for name in ("offset", "length", "buffer", "result", "seq", "time"):
-                    assert np.array_equal(
-                        getattr(given, name), getattr(own, name), equal_nan=name == "time"
-                    ), name
-            if lane == 0 and room:
-                assert splits["ingenuity"].split.tail.shape[0] == 1  # the cut HK packet
-            if splits:
-                del found
-            del rebuilt, splits, item  # views of the shared memory, which must close
-    finally:
-        slots.close()
-
-
-def test_a_split_found_beforehand_counts_in_the_decode_time() -> None:
-    """gs_decode_seconds is the whole decoding, the parent's step 1 included."""
-    batch = [arrival(envelope(seq)) for seq in range(4)]
-    buffers = [bytes(a.envelope.packets) for a in batch if isinstance(a.envelope, Envelope)]
-    decoder = PacketDecoder(DICTIONARIES["ingenuity"])
-    split = decoder.split(
-        np.frombuffer(b"".join(buffers), np.uint8),
-        np.array([len(b) for b in buffers], dtype=np.int64),
-    )
-    pipeline = Pipeline(DICTIONARIES, telemetry=Telemetry(DICTIONARIES), clock=lambda: 5.0)
-    pipeline.process(batch, splits={"ingenuity": FoundSplit(split, 0.25)})
-    (decode,) = [
-        h for h in pipeline.telemetry.snapshot().histograms if h.family.name == "gs_decode_seconds"
-    ]
-    (series,) = decode.series
-    assert series.sum == pytest.approx(0.25)  # the clock stood still: only the split's time
-    assert series.cumulative_counts[-1] == 4
-
-
-def test_packet_slots_refuse_a_batch_larger_than_a_slot() -> None:
-    slots = PacketSlots(lanes=1, slot_bytes=64)
-    try:
-        with pytest.raises(ValueError, match="slot"):
-            slots.fill(0, [arrival(envelope(1))])
-        with pytest.raises(ValueError, match="lane"):
-            slots.fill(1, [])
-    finally:
-        slots.close()
-
-
-def _comparable(item: Arrival) -> tuple[object, ...]:
-    envelope = item.envelope
-    if isinstance(envelope, Envelope):
-        envelope = replace(envelope, packets=bytes(envelope.packets))
-    return (item.topic, item.received_at, item.size, envelope, item.after_takeover)
 
 
 # --- impossible times and topics (ICD section 6) ------------------------------------------
@@ -563,30 +301,3 @@ def test_without_the_mark_the_same_gap_is_lost() -> None:
     assert counter(pipeline, "gs_envelopes_lost_total") == 10
     assert counter(pipeline, "gs_envelopes_taken_over_total") == 0
     assert counter(pipeline, "gs_packets_lost_total") == 10 * HK_PER_ENVELOPE
-
-
-@pytest.mark.asyncio
-async def test_ingest_queue_never_merges_a_batch_across_a_takeover() -> None:
-    """The decoding child applies a takeover between batches: it starts one."""
-    queue = IngestQueue(max_envelopes=100, max_bytes=1 << 20)
-    stream = taken_over_stream()
-    await queue.put(stream)
-    assert await queue.take(100, 1 << 20) == stream[:10]
-    assert await queue.take(100, 1 << 20) == stream[10:]
-
-
-def test_a_shipment_carries_the_takeover_mark_of_its_first_arrival() -> None:
-    slots = PacketSlots(lanes=1, slot_bytes=1 << 16)
-    try:
-        batch = taken_over_stream()[10:]
-        shipment = slots.fill(0, batch)
-        assert shipment.after_takeover
-        reader = SharedMemory(name=slots.name)
-        try:
-            rebuilt, _ = unpack_shipment(shared_buffer(reader), 1 << 16, shipment)
-            assert [a.after_takeover for a in rebuilt] == [True] + [False] * 9
-            del rebuilt
-        finally:
-            reader.close()
-    finally:
-        slots.close()

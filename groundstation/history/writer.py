@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import random
 import threading
 import urllib.error
@@ -29,7 +28,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from groundstation import __version__
-from groundstation.archive import ArchiveReader, ArchiveRecord, list_segments
+from groundstation.archive import ArchiveReader, ArchiveRecord, list_segments, write_atomically
 from groundstation.config import HistoryConfig
 from groundstation.definitions import VehicleDictionary
 from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
@@ -95,22 +94,8 @@ def load_position(directory: Path) -> Position | None:
 
 
 def save_position(directory: Path, position: Position) -> None:
-    """Write-to-temp, fsync, rename, fsync the directory: a crash leaves old or new, whole."""
-    path = directory / POSITION_FILE
-    temporary = path.with_suffix(".tmp")
     data = json.dumps({"segment": position.segment, "records": position.records}).encode()
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    directory_descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_descriptor)
-    finally:
-        os.close(directory_descriptor)
+    write_atomically(directory / POSITION_FILE, data)
 
 
 @dataclass(frozen=True, slots=True)
