@@ -96,11 +96,9 @@ class MetricsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class IngestConfig:
-    """Limits of the pipeline between the archive and the decoder: every buffer is bounded."""
+    """Limits of ingest and of the decoding consumer's reads: every buffer is bounded."""
 
     max_payload_bytes: int = 16 * 1024 * 1024  # ICD section 6: larger payloads are invalid
-    queue_max_envelopes: int = 4096
-    queue_max_bytes: int = 16 * 1024 * 1024
     batch_max_envelopes: int = 1024
     batch_max_bytes: int = 8 * 1024 * 1024  # decoder call size: per-call costs amortised
     shutdown_timeout_s: float = 10.0  # drain budget after SIGTERM; systemd's stop timeout is longer
@@ -404,10 +402,6 @@ def _ingest_from(table: _Table, default: IngestConfig) -> IngestConfig:
         max_payload_bytes=table.integer(
             "max_payload_bytes", default.max_payload_bytes, minimum=1024
         ),
-        queue_max_envelopes=table.integer(
-            "queue_max_envelopes", default.queue_max_envelopes, minimum=1
-        ),
-        queue_max_bytes=table.integer("queue_max_bytes", default.queue_max_bytes, minimum=1024),
         batch_max_envelopes=table.integer(
             "batch_max_envelopes", default.batch_max_envelopes, minimum=1
         ),
@@ -508,5 +502,3 @@ def _check(config: Config) -> None:
         raise ConfigError(f"history.url {_redact(history.url)!r}: scheme must be http or https")
     if history.backoff_max_s < history.backoff_min_s:
         raise ConfigError("history.backoff_max_s: smaller than history.backoff_min_s")
-    if config.ingest.queue_max_bytes < config.ingest.max_payload_bytes:
-        raise ConfigError("ingest.queue_max_bytes: smaller than ingest.max_payload_bytes")

@@ -298,7 +298,7 @@ def test_issue_alerts_all_exist() -> None:
         "InvalidEnvelopes",
         "GroundstationDaemonDown",
         "MqttDisconnected",
-        "IngestQueueNearBound",
+        "DecoderBehind",
     }
     names = {rule["alert"] for rule in alert_rules()}
     assert required <= names
