@@ -17,9 +17,9 @@ subscriber is preloaded with N messages, then the subscriber drains it:
   the daemon's peak RSS (VmHWM) and the CPU shares of its parent and decoding child
   (which one limits) are read at the end. The preloaded backlog is many times
   what the daemon decodes per second (the overload case): its memory stays bounded by
-  the broker's in-flight window plus the ingest queue, whatever the backlog.
+  the broker's in-flight window, whatever the backlog (the decoder's is in the archive).
 - with `--history`, the daemon again with `--history-url` (daemon+history): its history
-  writer, a thread of the daemon's parent, reads the archive behind ingest and writes its
+  writer, a process of its own, reads the archive behind ingest and writes its
   samples by remote write to a Prometheus 2.42 started once for the run (receiver on,
   the out-of-order window of deploy/prometheus/prometheus.yml). Its rate is compared with
   the plain daemon's on the same protocol; how far the writer got when ingest was through

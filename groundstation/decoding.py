@@ -162,7 +162,7 @@ class DecodeConsumer:
         )
         self.records_read = 0
         self._saved_at = time.monotonic()
-        save_position(directory, start)
+        self.save()  # where it starts, so a kill -9 within the first second loses no place
 
     def advance(self, until: LogPosition) -> Progress:
         """Decode the next chunk of records before `until` (none if there is none)."""

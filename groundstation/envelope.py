@@ -79,9 +79,7 @@ class Envelope:
     vehicle: str
     seq: int
     ert: float
-    packets: bytes | memoryview
-    """bytes as unpacked; in the decoding child, a view of the shared memory they were
-    copied to (groundstation.pipeline.PacketSlots)."""
+    packets: bytes | memoryview  # bytes as unpacked; a view where a caller holds one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groundstation.archive import (
+    ARCHIVE_START,
     MAGIC,
     ArchiveReader,
     ArchiveRecord,
     ArchiveWriter,
-    ARCHIVE_START,
     LogCursor,
     LogPosition,
     archive_end,
@@ -31,7 +31,7 @@ from groundstation.archive import (
     framed_size,
     list_segments,
 )
-from groundstation.config import ArchiveConfig, FsyncPolicy
+from groundstation.config import ArchiveConfig
 
 
 def record(index: int, *, size: int = 100, valid: bool = True) -> ArchiveRecord:
@@ -325,7 +325,8 @@ def test_cursor_reads_the_archive_in_bounded_chunks_across_segments(tmp_path: Pa
         for item in written:
             writer.append([item])
         end = writer.end
-    assert end is not None and len(list_segments(tmp_path)) >= 3
+    assert end is not None
+    assert len(list_segments(tmp_path)) >= 3
     assert archive_end(tmp_path) == end
     cursor = LogCursor(tmp_path, ARCHIVE_START, chunk_bytes=30_000)
     chunks = []
@@ -344,7 +345,8 @@ def test_cursor_stops_at_the_end_it_is_given_and_goes_on_from_there(tmp_path: Pa
         first_end = writer.end
         writer.append([record(2)])
         second_end = writer.end
-    assert first_end is not None and second_end is not None
+    assert first_end is not None
+    assert second_end is not None
     cursor = LogCursor(tmp_path, LogPosition(first_end.segment, 0), chunk_bytes=1 << 20)
     assert read_all(cursor, first_end) == [record(0), record(1)]
     assert cursor.position == first_end

@@ -135,7 +135,8 @@ def test_an_unreadable_position_starts_at_the_end(
     (tmp_path / POSITION_FILE).write_text("{not json")
     with caplog.at_level(logging.WARNING):
         consumer = DecodeConsumer(settings(tmp_path), DICTIONARIES)
-    assert "decode position" in caplog.text and "unreadable" in caplog.text
+    assert "decode position" in caplog.text
+    assert "unreadable" in caplog.text
     assert consumer.resumed.backlog_records == 0
     assert load_position(tmp_path) == archive_end(tmp_path)
 
