@@ -119,7 +119,7 @@ def test_each_advance_reads_a_bounded_chunk(tmp_path: Path) -> None:
     consumer = DecodeConsumer(settings(tmp_path, batch_max_bytes=1), DICTIONARIES)
     end = archive(tmp_path, range(3000))
     smallest = min(framed_size(record) for record in ArchiveReader(tmp_path).records())
-    read = []
+    read: list[int] = []
     while (progress := consumer.advance(end)).records_read > sum(read):
         read.append(progress.records_read - sum(read))
     assert sum(read) == 3000
