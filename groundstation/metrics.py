@@ -67,21 +67,21 @@ INGEST_QUEUE_DEPTH: Final = FamilySpec(
     name="gs_ingest_queue_depth",
     kind="gauge",
     labels=(),
-    help="Envelopes received and waiting for the decode pipeline.",
+    help="Envelopes archived and not yet read by the decoding consumer.",
 )
-# Counted by the start-up resume scan of the archive's tail (ingest.resume_scan_bytes):
-# damage there is found only when the daemon starts; `groundstation replay` reads it all.
+# Counted by the decoding consumer: in the archive's tail it reads at start
+# (ingest.resume_scan_bytes) and in all it reads after; `groundstation replay` reads it all.
 ARCHIVE_DAMAGED_RECORDS: Final = FamilySpec(
     name="gs_archive_damaged_records_total",
     kind="counter",
     labels=(),
-    help="Damaged archive records the start-up resume scan skipped (each unreadable stretch once).",
+    help="Damaged archive records the decoding consumer skipped (each unreadable stretch once).",
 )
 ARCHIVE_DAMAGED_BYTES: Final = FamilySpec(
     name="gs_archive_damaged_bytes_total",
     kind="counter",
     labels=(),
-    help="Bytes of damaged archive records the start-up resume scan skipped.",
+    help="Bytes of damaged archive records the decoding consumer skipped.",
 )
 # A failing archive write pauses ingest (docs/reliability.md, "Full disk").
 ARCHIVE_WRITE_FAILING: Final = FamilySpec(

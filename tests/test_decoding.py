@@ -19,6 +19,7 @@ from groundstation.archive import (
 )
 from groundstation.cli.replay import counter_samples
 from groundstation.config import ArchiveConfig
+from groundstation.daemon import running_daemon
 from groundstation.decoding import (
     POSITION_FILE,
     DecodeConsumer,
@@ -30,7 +31,15 @@ from groundstation.decoding import (
 )
 from groundstation.definitions import load_dictionaries
 from groundstation.telemetry import Telemetry
-from tests.daemon_support import HK_PER_ENVELOPE, envelope
+from tests.daemon_support import (
+    HK_PER_ENVELOPE,
+    daemon_config,
+    envelope,
+    processed,
+    publish,
+    scrape,
+)
+from tests.services import Mosquitto
 
 DICTIONARIES = load_dictionaries()
 TOPIC = "mars/tm/ingenuity"
@@ -179,3 +188,37 @@ async def test_the_follower_reads_up_to_each_archived_end_in_the_child(tmp_path:
         assert load_position(tmp_path) == end
     finally:
         follower.close()
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio
+async def test_the_daemon_decodes_what_an_earlier_run_archived_but_had_not_decoded(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """An earlier run archived 30 envelopes and had decoded 10 when it died (its position
+    after the tenth). The daemon started on that archive decodes the other 20 and counts
+    them. Redelivered, envelope 15's packets are duplicates, and so are envelope 5's (the
+    tail before the position fed the decoders' windows; the envelope accounting starts
+    afresh with the run, so envelope 5 itself counts ok). On stop the position is the end."""
+    config = daemon_config(mosquitto, tmp_path)
+    directory = config.archive.directory
+    with ArchiveWriter(config.archive) as writer:
+        writer.append([ArchiveRecord(TOPIC, 1.7e9 + s, envelope(s), valid=True) for s in range(10)])
+        decoded = writer.end
+        writer.append(
+            [ArchiveRecord(TOPIC, 1.7e9 + s, envelope(s), valid=True) for s in range(10, 30)]
+        )
+    assert decoded is not None
+    save_position(directory, decoded)
+    async with running_daemon(config) as daemon:
+        assert daemon.follower.resumed.backlog_records == 20
+        await publish(mosquitto.port, [envelope(5), envelope(15)])
+        await processed(daemon, 2)
+        assert daemon.metrics_address is not None
+        metrics = await scrape(daemon.metrics_address)
+    assert metrics[ENVELOPES_OK] == 21
+    assert metrics['gs_envelopes_total{result="duplicate",vehicle="ingenuity"}'] == 1
+    assert metrics[DUPLICATE] == 2 * HK_PER_ENVELOPE
+    assert metrics[OK] == 20 * HK_PER_ENVELOPE
+    assert metrics["gs_ingest_queue_depth{}"] == 0
+    assert load_position(directory) == archive_end(directory)
