@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
 from groundstation.config import ArchiveConfig, HistoryConfig, IngestConfig
-from groundstation.definitions import load_dictionaries
-from groundstation.history.writer import HistoryWriter
+from groundstation.consumers.history.writer import HistoryWriter
+from groundstation.core.definitions import load_dictionaries
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 from simulators.output import read_envelopes
 from simulators.run import SimulationOptions, simulate
 from simulators.stress import DEFAULT_MIX

@@ -30,7 +30,7 @@ from typing import Final
 import aiomqtt
 
 from groundstation.config import parse_broker_url
-from groundstation.envelope import pack_envelope
+from groundstation.core.envelope import pack_envelope
 from simulators.run import SimulationOptions, simulate
 from tests.icd_packets import hand_pack
 from tests.reliability_support import (

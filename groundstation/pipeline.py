@@ -26,11 +26,10 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter, Frame, frame_record
-from groundstation.child_process import start_as_child
-from groundstation.decoder import DecodeResult, PacketDecoder, Split
-from groundstation.definitions import VehicleDictionary, load_dictionaries
-from groundstation.envelope import (
+from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.core.decoder import DecodeResult, PacketDecoder, Split
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
+from groundstation.core.envelope import (
     DEFAULT_MAX_CLOCK_SKEW_S,
     ENVELOPE_VERSION,
     Envelope,
@@ -40,8 +39,15 @@ from groundstation.envelope import (
     unpack_envelope,
 )
 from groundstation.errors import ArchiveWriteError
-from groundstation.mqtt import Delivery
-from groundstation.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.ingest.archive import (
+    ArchiveReader,
+    ArchiveRecord,
+    ArchiveWriter,
+    Frame,
+    frame_record,
+)
+from groundstation.ingest.mqtt import Delivery
+from groundstation.service.child_process import start_as_child
 
 logger = logging.getLogger(__name__)
 

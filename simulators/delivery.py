@@ -20,10 +20,10 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.crc import crc16, crc16_rows
-from groundstation.definitions import HEADER_BYTES, PRIMARY_HEADER_BYTES
-from groundstation.encoder import FINE_PER_SECOND, SEQ_COUNT_MODULUS, sclk_from_time
-from groundstation.envelope import pack_envelope
+from groundstation.core.crc import crc16, crc16_rows
+from groundstation.core.definitions import HEADER_BYTES, PRIMARY_HEADER_BYTES
+from groundstation.core.encoder import FINE_PER_SECOND, SEQ_COUNT_MODULUS, sclk_from_time
+from groundstation.core.envelope import pack_envelope
 from simulators.faults import (
     ENVELOPE_FAULTS,
     FAULT_KINDS,

@@ -23,7 +23,7 @@ import aiomqtt
 
 from groundstation.config import BrokerConfig, make_tls_context
 from groundstation.errors import GroundstationError
-from groundstation.mqtt import backoff_delay_s
+from groundstation.ingest.mqtt import backoff_delay_s
 from simulators.delivery import Delivery
 
 logger = logging.getLogger(__name__)

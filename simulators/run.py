@@ -21,7 +21,7 @@ from typing import Any, Final, Literal, Protocol
 import numpy as np
 
 from groundstation.config import BrokerConfig, parse_broker_url
-from groundstation.definitions import VehicleDictionary, load_dictionaries
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
 from groundstation.errors import ConfigError
 from simulators.delivery import Delivery, EnvelopeBuilder, schedule
 from simulators.faults import FAULT_KINDS, FaultKind

@@ -17,7 +17,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.definitions import PacketDef, VehicleDictionary
+from groundstation.core.definitions import PacketDef, VehicleDictionary
 from groundstation.errors import ConfigError
 from simulators.stream import ApidBlock, PacketStream, event_block, fixed_block
 

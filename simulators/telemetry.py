@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.definitions import PacketDef, VehicleDictionary
+from groundstation.core.definitions import PacketDef, VehicleDictionary
 from simulators.physics import (
     G_MARS_MPS2,
     ROTOR_RPM,

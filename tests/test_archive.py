@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.archive import (
+from groundstation.config import ArchiveConfig, FsyncPolicy
+from groundstation.ingest.archive import (
     MAGIC,
     ArchiveReader,
     ArchiveRecord,
@@ -26,7 +27,6 @@ from groundstation.archive import (
     framed_size,
     list_segments,
 )
-from groundstation.config import ArchiveConfig, FsyncPolicy
 
 
 def record(index: int, *, size: int = 100, valid: bool = True) -> ArchiveRecord:

@@ -19,8 +19,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
 from groundstation.config import ArchiveConfig
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 from tests.daemon_support import envelope
 from tests.icd_packets import HELI_HK, HELI_NAV, hand_pack
 from tests.test_cli_decode import STREAM

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
 from groundstation.cli.replay import counter_samples, packet_records
 from groundstation.config import ArchiveConfig
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import Envelope, Invalid
-from groundstation.metrics import PipelineStatus, TelemetryCollector
-from groundstation.mqtt import backoff_delay_s
+from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import Envelope, Invalid
+from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
+from groundstation.ingest.mqtt import backoff_delay_s
 from groundstation.pipeline import (
     DECODE_BATCHES_IN_FLIGHT,
     Arrival,
@@ -41,7 +41,7 @@ from groundstation.pipeline import (
     shared_buffer,
     unpack_shipment,
 )
-from groundstation.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
 from tests.icd_packets import HELI_HK, SCLK_EPOCH, hand_pack
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.archive import LOCK_NAME, ArchiveReader, list_segments
+from groundstation.ingest.archive import LOCK_NAME, ArchiveReader, list_segments
 from tests.reliability_support import (
     FAST_RECONNECT,
     MIB,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW, SequenceWindow
+from groundstation.core.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW, SequenceWindow
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import Envelope, unpack_envelope
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import Envelope, unpack_envelope
 from groundstation.errors import ConfigError
 from simulators.cli import main
 from simulators.delivery import RELAY, topic_for

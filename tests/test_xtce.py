@@ -31,15 +31,15 @@ from hypothesis import strategies as st
 from space_packet_parser.xtce.definitions import XtcePacketDefinition
 
 from groundstation.cli import main
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import (
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import (
     PacketDef,
     load_dictionaries,
     load_dictionary,
     parse_dictionary,
 )
-from groundstation.records import packet_records
-from groundstation.xtce import XTCE_NAMESPACE, export_xtce
+from groundstation.core.records import packet_records
+from groundstation.core.xtce import XTCE_NAMESPACE, export_xtce
 from simulators.physics import Flight
 from simulators.profiles import PROFILES
 from simulators.stream import PacketStream

@@ -15,10 +15,10 @@ import signal
 import tempfile
 from pathlib import Path
 
-from groundstation.broker import quiet_broker_logs
 from groundstation.cli.run import add_history_argument, first_error, options_named
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
+from groundstation.service.broker import quiet_broker_logs
 from simulators.run import SimulationOptions, simulate
 
 logger = logging.getLogger(__name__)

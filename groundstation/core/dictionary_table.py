@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from groundstation.definitions import (
+from groundstation.core.definitions import (
     CRC_BYTES,
     HEADER_BYTES,
     FieldDef,

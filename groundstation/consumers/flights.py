@@ -18,10 +18,10 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.decoder import RESULTS, DecodeResult
-from groundstation.definitions import PacketDef, VehicleDictionary
+from groundstation.core.decoder import RESULTS, DecodeResult
+from groundstation.core.definitions import PacketDef, VehicleDictionary
+from groundstation.core.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW
 from groundstation.errors import ConfigError
-from groundstation.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW
 
 __all__ = [
     "FLYING_MODES",

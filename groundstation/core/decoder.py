@@ -10,10 +10,10 @@ steps, in the order docs/interfaces.md fixes (ICD sections 3, 4 and 6):
    A structural fault ends its buffer in one `malformed` entry (the tail);
 2. verify every packet's CRC at once: packets of equal length form one (n, L) array, a
    zero-copy strided view when they lie back to back. The CRC of a packet including its
-   big-endian CRC field is zero exactly when the CRC matches (see groundstation.crc);
+   big-endian CRC field is zero exactly when the CRC matches (see groundstation.core.crc);
 3. unknown APIDs; with the envelopes' `ert`, packets dated after it (`clock_error`); the
    entries of redelivered envelopes (`duplicate`); then sequence accounting per APID
-   (groundstation.sequence) of the CRC-valid packets that remain, keyed by packet time;
+   (groundstation.core.sequence) of the CRC-valid packets that remain, keyed by packet time;
 4. calibrate each fixed-length APID through one structured-dtype view; keep the ok packets.
 
 Calibration is eager by default. A lazy decoder (`calibrate="lazy"`) does steps 1-3 alike
@@ -40,8 +40,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
-from groundstation.crc import crc16_rows
-from groundstation.definitions import (
+from groundstation.core.crc import crc16_rows
+from groundstation.core.definitions import (
     CRC_BYTES,
     HEADER_BYTES,
     MAX_APID,
@@ -52,7 +52,7 @@ from groundstation.definitions import (
     PacketDef,
     VehicleDictionary,
 )
-from groundstation.encoder import (
+from groundstation.core.encoder import (
     HEADER_DTYPE,
     PACKET_ID_FIXED,
     PACKET_ID_FIXED_MASK,
@@ -60,8 +60,8 @@ from groundstation.encoder import (
     SEQ_FLAGS_UNSEGMENTED,
     packet_time,
 )
-from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
-from groundstation.sequence import PACKET_SEQ_MODULUS, SequenceWindow
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.core.sequence import PACKET_SEQ_MODULUS, SequenceWindow
 
 __all__ = [
     "CLOCK_ERROR",

@@ -15,8 +15,8 @@ from typing import Any, Final, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from groundstation.crc import crc16, crc16_rows
-from groundstation.definitions import (
+from groundstation.core.crc import crc16, crc16_rows
+from groundstation.core.definitions import (
     CRC_BYTES,
     HEADER_BYTES,
     NUMERIC_TYPES,

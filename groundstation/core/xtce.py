@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from groundstation import __version__
-from groundstation.definitions import (
+from groundstation.core.definitions import (
     CRC_BYTES,
     HEADER_BYTES,
     PRIMARY_HEADER_BYTES,
@@ -23,7 +23,7 @@ from groundstation.definitions import (
     PacketDef,
     VehicleDictionary,
 )
-from groundstation.encoder import FINE_PER_SECOND
+from groundstation.core.encoder import FINE_PER_SECOND
 
 __all__ = [
     "APID_PARAMETER",
