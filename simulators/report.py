@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from groundstation.core.encoder import SEQ_COUNT_MODULUS
+from groundstation.core.ccsds import SEQ_COUNT_MODULUS
 from simulators.delivery import INJECTED_APID, RESULTS, UNKNOWN_LABEL, Delivery, topic_for
 from simulators.faults import FAULT_KINDS
 
