@@ -17,6 +17,14 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
+from groundstation.simulators.faults import (
+    ENVELOPE_FAULTS,
+    FAULT_KINDS,
+    PACKET_FAULTS,
+    UNDELIVERED_FAULTS,
+    FaultKind,
+)
+from groundstation.simulators.stream import PacketStream, gather_bytes
 from numpy.typing import NDArray
 
 from groundstation.core.ccsds import (
@@ -35,14 +43,6 @@ from groundstation.core.ccsds import (
 from groundstation.core.crc import crc16, crc16_rows
 from groundstation.core.encoder import sclk_from_time
 from groundstation.core.envelope import pack_envelope
-from simulators.faults import (
-    ENVELOPE_FAULTS,
-    FAULT_KINDS,
-    PACKET_FAULTS,
-    UNDELIVERED_FAULTS,
-    FaultKind,
-)
-from simulators.stream import PacketStream, gather_bytes
 
 Int64s = NDArray[np.int64]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from groundstation.simulators.run import simulate
 
 from groundstation.config import HistoryConfig
 from groundstation.consumers.history.process import RESTART_DELAY_S, WRITER_NICENESS
@@ -29,7 +30,6 @@ from groundstation.consumers.history.remote_write import Series, compress, encod
 from groundstation.consumers.history.writer import POSITION_FILE, Verdict, load_position, post
 from groundstation.daemon import running_daemon
 from groundstation.ingest.archive import ArchiveReader, list_segments
-from simulators.run import simulate
 from tests.daemon_support import (
     HK_PER_ENVELOPE,
     REPO,

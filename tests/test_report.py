@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from groundstation.simulators.delivery import Delivery
+from groundstation.simulators.faults import parse_faults
+from groundstation.simulators.run import Simulation, SimulationOptions
 from matplotlib.image import imread
 
 from groundstation import cli
@@ -32,9 +35,6 @@ from groundstation.core.definitions import load_dictionaries
 from groundstation.core.envelope import Envelope
 from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
 from groundstation.pipeline import Pipeline, check_payload, replay_archive
-from simulators.delivery import Delivery
-from simulators.faults import parse_faults
-from simulators.run import Simulation, SimulationOptions
 
 T0 = 1_619_350_000.0  # 2021-04-25, the morning of flight 3
 FAULTS = (

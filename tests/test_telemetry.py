@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from groundstation.simulators.faults import FAULT_KINDS, parse_faults
+from groundstation.simulators.run import Simulation, SimulationOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -30,8 +32,6 @@ from groundstation.core.encoder import encode_packet, encode_packets
 from groundstation.errors import DefinitionError
 from groundstation.pipeline import Arrival, Pipeline, check_payload
 from groundstation.service.metrics import PipelineStatus, TelemetryCollector
-from simulators.faults import FAULT_KINDS, parse_faults
-from simulators.run import Simulation, SimulationOptions
 from tests.icd_packets import HELI_HK, hand_pack
 
 T0 = 1_700_000_000.0  # a packet time well inside the SCLK range

@@ -19,7 +19,7 @@ from groundstation.cli.run import add_history_argument, first_error, options_nam
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
 from groundstation.service.broker import quiet_broker_logs
-from simulators.run import SimulationOptions, simulate
+from groundstation.simulators.run import SimulationOptions, simulate
 
 logger = logging.getLogger(__name__)
 

@@ -126,7 +126,7 @@ class VehicleDictionary:
 
 def default_protocols_dir() -> Path:
     """The protocols/ folder shipped with the package (works from a checkout and a wheel)."""
-    return Path(str(resources.files("protocols")))
+    return Path(str(resources.files("groundstation.protocols")))
 
 
 def load_dictionaries(directory: Path | None = None) -> dict[str, VehicleDictionary]:
