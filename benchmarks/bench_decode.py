@@ -1,6 +1,6 @@
 """Decoder throughput beside NASA ccsdspy, a struct loop and a memory copy, in one run.
 
-Streams (generated with groundstation.encoder.encode_packets): 1,000,000 HELI_NAV packets,
+Streams (generated with groundstation.core.encoder.encode_packets): 1,000,000 HELI_NAV packets,
 300,000 HELI_IMU packets, and a mixed Ingenuity flight (IMU 50/s, NAV 30/s, HK 1/s, an
 event report every 10 s, interleaved by packet time). Methods, each the median of N runs:
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from groundstation.definitions import PacketDef, VehicleDictionary
+    from groundstation.core.definitions import PacketDef, VehicleDictionary
 
 NAV_FIELDS = ["pos_x", "pos_y", "pos_z", "vel_x", "vel_y", "vel_z", "roll", "pitch", "yaw"]
 IMU_AXES = ["ax", "ay", "az", "gx", "gy", "gz"]
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import ccsdspy  # configures its logger on import; quieten it afterwards
 
-    from groundstation.definitions import load_dictionary
+    from groundstation.core.definitions import load_dictionary
 
     logging.getLogger(ccsdspy.__name__).setLevel(logging.ERROR)  # it warns on count wraps
     ingenuity = load_dictionary("ingenuity")
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _methods(stream: Stream, ingenuity: VehicleDictionary) -> dict[str, Callable[[], object]]:
     """The timed callables for one stream; ccsdspy first so the ratios have a reference."""
-    from groundstation.decoder import PacketDecoder
+    from groundstation.core.decoder import PacketDecoder
 
     def ours() -> object:
         result = PacketDecoder(ingenuity).decode(stream.buffers)
@@ -130,7 +130,7 @@ def _median_seconds(run: Callable[[], object], runs: int) -> float:
 
 def _fixed_stream(packet: PacketDef, count: int, *, rate_hz: float) -> bytes:
     """count packets of a fixed-length APID with plausible values, consecutive counts."""
-    from groundstation.encoder import encode_packets
+    from groundstation.core.encoder import encode_packets
 
     rng = np.random.default_rng(packet.apid)
     shape = (count, packet.samples) if packet.samples > 1 else (count,)
@@ -152,7 +152,7 @@ def _fixed_stream(packet: PacketDef, count: int, *, rate_hz: float) -> bytes:
 
 def _flight_stream(ingenuity: VehicleDictionary, *, seconds: int) -> Stream:
     """A flight's mix of APIDs, interleaved by packet time in one buffer."""
-    from groundstation.encoder import encode_packet
+    from groundstation.core.encoder import encode_packet
 
     packets: list[tuple[float, bytes]] = []
     for apid, rate in ((100, 1), (101, 30), (102, 50)):

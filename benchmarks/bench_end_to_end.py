@@ -56,11 +56,11 @@ from pathlib import Path
 from typing import cast
 
 import aiomqtt
+from groundstation.simulators.run import Simulation, SimulationOptions
+from groundstation.simulators.stress import DEFAULT_MIX
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from simulators.run import Simulation, SimulationOptions
-from simulators.stress import DEFAULT_MIX
 from tests.reliability_support import service_environment
 from tests.services import LOOPBACK, Mosquitto, find_binary, free_port, running_mosquitto
 from tests.test_history_prometheus import prometheus_with_receiver, shipped_window

@@ -31,13 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
+from groundstation.simulators.output import read_envelopes
+from groundstation.simulators.run import SimulationOptions, simulate
+from groundstation.simulators.stress import DEFAULT_MIX
+
 from groundstation.config import ArchiveConfig, HistoryConfig, IngestConfig
-from groundstation.definitions import load_dictionaries
-from groundstation.history.writer import HistoryWriter
-from simulators.output import read_envelopes
-from simulators.run import SimulationOptions, simulate
-from simulators.stress import DEFAULT_MIX
+from groundstation.consumers.history.writer import HistoryWriter
+from groundstation.core.definitions import load_dictionaries
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 from tests.test_prometheus_live import PrometheusServer
 
 FLIGHT_RATE_PPS = sum(DEFAULT_MIX.values())  # the default mix's weights are the ICD rates

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Final
 
 import aiomqtt
+from groundstation.simulators.run import SimulationOptions, simulate
 
 from groundstation.config import parse_broker_url
-from groundstation.envelope import pack_envelope
-from simulators.run import SimulationOptions, simulate
+from groundstation.core.envelope import pack_envelope
 from tests.icd_packets import hand_pack
 from tests.reliability_support import (
     MIB,

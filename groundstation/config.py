@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final, Literal, TypeVar, get_args
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
 
 LOOPBACK: Final = "127.0.0.1"

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
-from groundstation.archive import (
+from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
+from groundstation.ingest.archive import (
     ARCHIVE_START,
     ArchiveRecord,
     LogCursor,
@@ -40,11 +43,8 @@ from groundstation.archive import (
     tail_start,
     write_atomically,
 )
-from groundstation.child_process import start_as_child
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import VehicleDictionary, load_dictionaries
 from groundstation.pipeline import Pipeline, archived_arrivals, batched, resume_sequences
-from groundstation.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.service.child_process import start_as_child
 
 logger = logging.getLogger(__name__)
 _R = TypeVar("_R")

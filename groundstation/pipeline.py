@@ -19,10 +19,10 @@ from typing import Final
 
 import numpy as np
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter, Frame, LogPosition, frame_record
-from groundstation.decoder import DecodeResult, PacketDecoder
-from groundstation.definitions import VehicleDictionary
-from groundstation.envelope import (
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.decoder import DecodeResult, PacketDecoder
+from groundstation.core.definitions import VehicleDictionary
+from groundstation.core.envelope import (
     DEFAULT_MAX_CLOCK_SKEW_S,
     Envelope,
     Invalid,
@@ -31,8 +31,14 @@ from groundstation.envelope import (
     unpack_envelope,
 )
 from groundstation.errors import ArchiveWriteError
-from groundstation.mqtt import Delivery
-from groundstation.telemetry import Telemetry
+from groundstation.ingest.archive import (
+    ArchiveRecord,
+    ArchiveWriter,
+    Frame,
+    LogPosition,
+    frame_record,
+)
+from groundstation.ingest.mqtt import Delivery
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,2 @@
-"""Packet dictionaries (TOML data), one file per vehicle; loaded by groundstation.definitions."""
+"""Packet dictionaries (TOML data), one file per vehicle, loaded by
+groundstation.core.definitions."""

@@ -18,14 +18,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from groundstation.simulators.delivery import Delivery
+from groundstation.simulators.faults import FAULT_HELP, parse_faults
+from groundstation.simulators.profiles import PROFILES
+from groundstation.simulators.run import (
+    DEFAULT_BROKER_URL,
+    STRESS,
+    Simulation,
+    SimulationOptions,
+    simulate,
+)
+from groundstation.simulators.stress import DEFAULT_MIX, parse_mix
+
 from groundstation.cli.progress import progress_bar
 from groundstation.config import parse_broker_url
 from groundstation.errors import ConfigError, GroundstationError
-from simulators.delivery import Delivery
-from simulators.faults import FAULT_HELP, parse_faults
-from simulators.profiles import PROFILES
-from simulators.run import DEFAULT_BROKER_URL, STRESS, Simulation, SimulationOptions, simulate
-from simulators.stress import DEFAULT_MIX, parse_mix
 
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130

@@ -12,26 +12,37 @@ from __future__ import annotations
 
 import itertools
 import math
-import struct
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
-from numpy.typing import NDArray
-
-from groundstation.crc import crc16, crc16_rows
-from groundstation.definitions import HEADER_BYTES, PRIMARY_HEADER_BYTES
-from groundstation.encoder import FINE_PER_SECOND, SEQ_COUNT_MODULUS, sclk_from_time
-from groundstation.envelope import pack_envelope
-from simulators.faults import (
+from groundstation.simulators.faults import (
     ENVELOPE_FAULTS,
     FAULT_KINDS,
     PACKET_FAULTS,
     UNDELIVERED_FAULTS,
     FaultKind,
 )
-from simulators.stream import PacketStream, gather_bytes
+from groundstation.simulators.stream import PacketStream, gather_bytes
+from numpy.typing import NDArray
+
+from groundstation.core.ccsds import (
+    APID_BITS,
+    APID_MASK,
+    CRC_BYTES,
+    FINE_PER_SECOND,
+    HEADER_BYTES,
+    HEADER_STRUCT,
+    PACKET_ID_FIXED,
+    PACKET_LENGTH_OFFSET,
+    PRIMARY_HEADER_BYTES,
+    SEQ_COUNT_MODULUS,
+    SEQ_FLAGS_UNSEGMENTED,
+)
+from groundstation.core.crc import crc16, crc16_rows
+from groundstation.core.encoder import sclk_from_time
+from groundstation.core.envelope import pack_envelope
 
 Int64s = NDArray[np.int64]
 
@@ -54,7 +65,6 @@ MIN_TRUNCATED_BYTES: Final = PRIMARY_HEADER_BYTES  # the APID stays readable
 NO_FAULT: Final = -1
 REORDER_MAX: Final = 3  # a reordered envelope arrives 1 to 3 envelopes late
 _CODE: Final[Mapping[FaultKind, int]] = {kind: code for code, kind in enumerate(FAULT_KINDS)}
-_HEADER: Final = struct.Struct(">HHHIH")
 
 
 def topic_for(vehicle: str) -> str:
@@ -138,12 +148,16 @@ def group_starts(time: NDArray[np.float64], per_envelope: int, max_age_s: float 
 def injected_packet(*, apid: int, seq: int, time: float, body: bytes) -> bytes:
     """A well-formed, CRC-valid packet of an APID the dictionary does not know."""
     coarse, fine = sclk_from_time(time)
-    length = HEADER_BYTES + len(body) + 2
-    unprotected = (
-        _HEADER.pack(0x0800 | apid, 0xC000 | (seq % SEQ_COUNT_MODULUS), length - 7, coarse, fine)
-        + body
+    length = HEADER_BYTES + len(body) + CRC_BYTES
+    header = HEADER_STRUCT.pack(
+        PACKET_ID_FIXED | apid,
+        SEQ_FLAGS_UNSEGMENTED | (seq % SEQ_COUNT_MODULUS),
+        length - PACKET_LENGTH_OFFSET,
+        coarse,
+        fine,
     )
-    return unprotected + crc16(unprotected).to_bytes(2, "big")
+    unprotected = header + body
+    return unprotected + crc16(unprotected).to_bytes(CRC_BYTES, "big")
 
 
 class EnvelopeBuilder:
@@ -443,8 +457,8 @@ class EnvelopeBuilder:
         sent = _count_by(items.env[carries_packets[items.env]], apid[carries_packets[items.env]])
         verdicts = _count_by(items.env[decoded], apid[decoded] * 8 + result[decoded])
         ok = decoded & (result == OK)
-        # Keyed by apid and boot: apid < 2048 (11 bits).
-        key = boot[items.packet[ok]] << 11 | apid[ok]
+        # Keyed by apid and boot: the APID in the low 11 bits.
+        key = boot[items.packet[ok]] << APID_BITS | apid[ok]
         intact = _range_by(items.env[ok], key, boot_count[items.packet[ok]])
         faulted = packet_fault != NO_FAULT
         packet_faults = _count_by(env[faulted], packet_fault[faulted].astype(np.int64))
@@ -474,7 +488,7 @@ class EnvelopeBuilder:
                         for key, c in verdicts.get(index, {}).items()
                     },
                     intact={
-                        (key & 0x7FF, key >> 11): value
+                        (key & APID_MASK, key >> APID_BITS): value
                         for key, value in intact.get(index, {}).items()
                     },
                 )

@@ -16,8 +16,7 @@ from types import TracebackType
 from typing import BinaryIO, Final
 
 import msgpack
-
-from simulators.delivery import Delivery
+from groundstation.simulators.delivery import Delivery
 
 ENVELOPES_FILE: Final = "envelopes.msgpack"
 REPORT_FILE: Final = "report.json"

@@ -4,7 +4,7 @@ Pure numpy, no packets: positions are the closed-form integral of the velocities
 cosine-ramp speed profiles), attitude is the tilt that produces the commanded acceleration
 on Mars, the battery is drained by the power drawn and the temperatures follow a
 one-node thermal model with a hysteresis heater. Times are seconds since the start of the
-profile (the IDLE phase); `simulators.telemetry` samples these series at packet times.
+profile (the IDLE phase); `groundstation.simulators.telemetry` samples these series at packet times.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+from groundstation.simulators.profiles import Climb, FlightProfile, Hover, Land, Translate
 from numpy.typing import NDArray
-
-from simulators.profiles import Climb, FlightProfile, Hover, Land, Translate
 
 Floats = NDArray[np.float64]
 

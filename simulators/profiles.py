@@ -1,10 +1,10 @@
 """The five flight profiles, named after Ingenuity's first flights (ICD section 1).
 
 A profile is data: the ground phases around the flight, the manoeuvres flown, where the
-rover is parked, and the starting battery and temperatures. `simulators.physics` turns it
-into time series. Distances are in the local frame of ICD section 4 (x east, y north,
-z up, origin at the takeoff airfield); headings are yaw angles about z up, 0 = east,
-counter-clockwise positive.
+rover is parked, and the starting battery and temperatures. `groundstation.simulators.physics`
+turns it into time series. Distances are in the local frame of ICD section 4 (x east,
+y north, z up, origin at the takeoff airfield); headings are yaw angles about z up,
+0 = east, counter-clockwise positive.
 """
 
 from __future__ import annotations

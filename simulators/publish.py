@@ -20,11 +20,11 @@ from types import TracebackType
 from typing import Final
 
 import aiomqtt
+from groundstation.simulators.delivery import Delivery
 
 from groundstation.config import BrokerConfig, make_tls_context
 from groundstation.errors import GroundstationError
-from groundstation.mqtt import backoff_delay_s
-from simulators.delivery import Delivery
+from groundstation.ingest.mqtt import backoff_delay_s
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from groundstation.encoder import SEQ_COUNT_MODULUS
-from simulators.delivery import INJECTED_APID, RESULTS, UNKNOWN_LABEL, Delivery, topic_for
-from simulators.faults import FAULT_KINDS
+from groundstation.simulators.delivery import (
+    INJECTED_APID,
+    RESULTS,
+    UNKNOWN_LABEL,
+    Delivery,
+    topic_for,
+)
+from groundstation.simulators.faults import FAULT_KINDS
+
+from groundstation.core.ccsds import SEQ_COUNT_MODULUS
 
 SCHEMA: Final = "groundstation-sim-report/1"
 

@@ -19,19 +19,19 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
+from groundstation.simulators.delivery import Delivery, EnvelopeBuilder, schedule
+from groundstation.simulators.faults import FAULT_KINDS, FaultKind
+from groundstation.simulators.output import REPORT_FILE, DirectorySink
+from groundstation.simulators.physics import Flight, ground_height_m
+from groundstation.simulators.profiles import PROFILES
+from groundstation.simulators.publish import MqttSink
+from groundstation.simulators.report import ReportBuilder, SimulationReport
+from groundstation.simulators.stress import DEFAULT_MIX, StressGenerator
+from groundstation.simulators.telemetry import INGENUITY, PERSEVERANCE, FlightTelemetry, fly
 
 from groundstation.config import BrokerConfig, parse_broker_url
-from groundstation.definitions import VehicleDictionary, load_dictionaries
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
 from groundstation.errors import ConfigError
-from simulators.delivery import Delivery, EnvelopeBuilder, schedule
-from simulators.faults import FAULT_KINDS, FaultKind
-from simulators.output import REPORT_FILE, DirectorySink
-from simulators.physics import Flight, ground_height_m
-from simulators.profiles import PROFILES
-from simulators.publish import MqttSink
-from simulators.report import ReportBuilder, SimulationReport
-from simulators.stress import DEFAULT_MIX, StressGenerator
-from simulators.telemetry import INGENUITY, PERSEVERANCE, FlightTelemetry, fly
 
 STRESS: Final = "stress"
 VEHICLES: Final = (INGENUITY, PERSEVERANCE)

@@ -13,8 +13,9 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.definitions import PacketDef
-from groundstation.encoder import SEQ_COUNT_MODULUS, encode_packet, encode_packets
+from groundstation.core.ccsds import SEQ_COUNT_MODULUS
+from groundstation.core.definitions import PacketDef
+from groundstation.core.encoder import encode_packet, encode_packets
 
 Int64s = NDArray[np.int64]
 _WORD_TYPES: Final = {2: np.uint16, 4: np.uint32, 8: np.uint64}

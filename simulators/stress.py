@@ -15,11 +15,11 @@ from types import MappingProxyType
 from typing import Final
 
 import numpy as np
+from groundstation.simulators.stream import ApidBlock, PacketStream, event_block, fixed_block
 from numpy.typing import NDArray
 
-from groundstation.definitions import PacketDef, VehicleDictionary
+from groundstation.core.definitions import PacketDef, VehicleDictionary
 from groundstation.errors import ConfigError
-from simulators.stream import ApidBlock, PacketStream, event_block, fixed_block
 
 # The flight mix of ICD section 4 while flying: IMU 50/s, NAV 30/s, 1 Hz housekeeping.
 DEFAULT_MIX: Final = MappingProxyType(

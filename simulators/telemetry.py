@@ -14,17 +14,17 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from numpy.typing import NDArray
-
-from groundstation.definitions import PacketDef, VehicleDictionary
-from simulators.physics import (
+from groundstation.simulators.physics import (
     G_MARS_MPS2,
     ROTOR_RPM,
     Flight,
     body_from_world,
     ground_height_m,
 )
-from simulators.stream import ApidBlock, PacketStream, event_block, fixed_block
+from groundstation.simulators.stream import ApidBlock, PacketStream, event_block, fixed_block
+from numpy.typing import NDArray
+
+from groundstation.core.definitions import PacketDef, VehicleDictionary
 
 Floats = NDArray[np.float64]
 

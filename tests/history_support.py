@@ -14,14 +14,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import pytest
+from groundstation.simulators.output import packets_file, read_envelopes
+from groundstation.simulators.run import SimulationOptions, simulate
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
 from groundstation.config import ArchiveConfig, HistoryConfig
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
-from groundstation.history.writer import POSITION_FILE, HistoryWriter
-from simulators.output import packets_file, read_envelopes
-from simulators.run import SimulationOptions, simulate
+from groundstation.consumers.history.writer import POSITION_FILE, HistoryWriter
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 
 HOUR_S = 3600.0
 

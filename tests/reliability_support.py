@@ -27,11 +27,11 @@ import aiomqtt
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from groundstation.archive import ArchiveReader
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries, load_dictionary
-from groundstation.encoder import encode_packets
-from groundstation.envelope import Invalid, pack_envelope, unpack_envelope
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries, load_dictionary
+from groundstation.core.encoder import encode_packets
+from groundstation.core.envelope import Invalid, pack_envelope, unpack_envelope
+from groundstation.ingest.archive import ArchiveReader
 from tests.services import LOOPBACK, free_port
 
 REPO = Path(__file__).resolve().parent.parent  # `python -m groundstation` from a checkout

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.archive import (
+from groundstation.config import ArchiveConfig
+from groundstation.ingest.archive import (
     ARCHIVE_START,
     MAGIC,
     ArchiveReader,
@@ -31,7 +32,6 @@ from groundstation.archive import (
     framed_size,
     list_segments,
 )
-from groundstation.config import ArchiveConfig
 
 
 def record(index: int, *, size: int = 100, valid: bool = True) -> ArchiveRecord:

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from groundstation.archive import (
+from groundstation.config import ArchiveConfig
+from groundstation.ingest.archive import (
     MAGIC,
     ArchiveReader,
     ArchiveRecord,
@@ -23,7 +24,6 @@ from groundstation.archive import (
     encode_record,
     list_segments,
 )
-from groundstation.config import ArchiveConfig
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, replay_summary
 
 HEADER_BYTES = 16  # record magic, body length, body CRC, header CRC

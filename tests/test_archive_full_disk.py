@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.archive import (
+from groundstation.config import ArchiveConfig, FsyncPolicy
+from groundstation.errors import ArchiveWriteError
+from groundstation.ingest.archive import (
     MAGIC,
     ArchiveReader,
     ArchiveRecord,
     ArchiveWriter,
     list_segments,
 )
-from groundstation.config import ArchiveConfig, FsyncPolicy
-from groundstation.errors import ArchiveWriteError
 from tests.services import fill_file_system, small_file_system
 
 FILE_SYSTEM_BYTES = 512 * 1024

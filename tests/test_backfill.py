@@ -19,11 +19,11 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from groundstation.config import IngestConfig
-from groundstation.history.openmetrics import EOF_LINE, openmetrics_lines
-from groundstation.history.remote_write import Series, compress, encode_write_request
-from groundstation.history.samples import SampleBatch
-from groundstation.history.writer import post
-from groundstation.telemetry import ALTITUDE, BATTERY_VOLTAGE
+from groundstation.consumers.history.openmetrics import EOF_LINE, openmetrics_lines
+from groundstation.consumers.history.remote_write import Series, compress, encode_write_request
+from groundstation.consumers.history.samples import SampleBatch
+from groundstation.consumers.history.writer import post
+from groundstation.consumers.telemetry import ALTITUDE, BATTERY_VOLTAGE
 from tests.daemon_support import REPO
 from tests.history_support import HOUR_S, counts, fly, peak, writer_for
 from tests.services import find_binary

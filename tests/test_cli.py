@@ -19,8 +19,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
 from groundstation.config import ArchiveConfig
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 from tests.daemon_support import envelope
 from tests.icd_packets import HELI_HK, HELI_NAV, hand_pack
 from tests.test_cli_decode import STREAM
@@ -293,7 +293,7 @@ def test_simulator_output_and_stress_show_progress_on_a_terminal_only(
     tmp_path: Path, args: list[str], expected: str
 ) -> None:
     """--output and stress: a tqdm bar on a terminal (rate; total and time left when known)."""
-    simulator = "import sys; from simulators.cli import main; sys.exit(main())"
+    simulator = "import sys; from groundstation.simulators.cli import main; sys.exit(main())"
     command = [sys.executable, "-c", simulator, *args, "--output", str(tmp_path / "out")]
     piped = subprocess.run(
         command, check=False, capture_output=True, text=True, cwd=ROOT, timeout=120

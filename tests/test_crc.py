@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.crc import crc16, crc16_rows
+from groundstation.core.crc import crc16, crc16_rows
 from tests.icd_packets import crc_bitwise
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.archive import (
+from groundstation.config import ArchiveConfig
+from groundstation.ingest.archive import (
     LOCK_NAME,
     MAGIC,
     ArchiveRecord,
@@ -17,7 +18,6 @@ from groundstation.archive import (
     encode_record,
     list_segments,
 )
-from groundstation.config import ArchiveConfig
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, publish, replay_summary
 from tests.reliability_support import REPO, DaemonProcess, running_daemon, total
 from tests.services import Mosquitto

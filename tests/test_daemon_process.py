@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from groundstation.archive import ArchiveReader
+from groundstation.ingest.archive import ArchiveReader
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, publish, replay_summary
 from tests.reliability_support import DaemonProcess, running_daemon, total
 from tests.services import Mosquitto

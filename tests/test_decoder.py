@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from groundstation.decoder import RESULTS, DecodeResult, PacketDecoder
-from groundstation.definitions import VehicleDictionary, load_dictionary
-from groundstation.encoder import encode_packets
+from groundstation.core.decoder import RESULTS, DecodeResult, PacketDecoder
+from groundstation.core.definitions import VehicleDictionary, load_dictionary
+from groundstation.core.encoder import encode_packets
 from tests.icd_packets import (
     EVR_FIXED,
     HBS_LINK,

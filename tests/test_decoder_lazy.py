@@ -11,8 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from groundstation.decoder import RESULTS, ApidColumns, Calibration, DecodeResult, PacketDecoder
-from groundstation.definitions import load_dictionary
+from groundstation.core.decoder import (
+    RESULTS,
+    ApidColumns,
+    Calibration,
+    DecodeResult,
+    PacketDecoder,
+)
+from groundstation.core.definitions import load_dictionary
 from tests.icd_packets import EVR_FIXED, HELI_IMU, HELI_NAV, hand_pack
 from tests.test_decoder_properties import DICTIONARIES, batches, hostile_buffers
 

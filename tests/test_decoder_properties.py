@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.decoder import (
+from groundstation.core.decoder import (
     MALFORMED,
     OK,
     RESULTS,
@@ -19,14 +19,14 @@ from groundstation.decoder import (
     _chained,
     _gather,
 )
-from groundstation.definitions import (
+from groundstation.core.definitions import (
     NUMERIC_TYPES,
     FieldDef,
     PacketDef,
     VehicleDictionary,
     load_dictionary,
 )
-from groundstation.encoder import encode_packet
+from groundstation.core.encoder import encode_packet
 from tests.icd_packets import crc_bitwise
 
 DICTIONARIES = {name: load_dictionary(name) for name in ("ingenuity", "perseverance")}

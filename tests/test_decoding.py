@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.archive import (
-    ArchiveReader,
-    ArchiveRecord,
-    ArchiveWriter,
-    LogPosition,
-    archive_end,
-    framed_size,
-)
 from groundstation.cli.replay import counter_samples
 from groundstation.config import ArchiveConfig
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.definitions import load_dictionaries
 from groundstation.daemon import running_daemon
 from groundstation.decoding import (
     POSITION_FILE,
@@ -29,8 +23,14 @@ from groundstation.decoding import (
     load_position,
     save_position,
 )
-from groundstation.definitions import load_dictionaries
-from groundstation.telemetry import Telemetry
+from groundstation.ingest.archive import (
+    ArchiveReader,
+    ArchiveRecord,
+    ArchiveWriter,
+    LogPosition,
+    archive_end,
+    framed_size,
+)
 from tests.daemon_support import (
     HK_PER_ENVELOPE,
     daemon_config,
@@ -197,9 +197,8 @@ async def test_the_daemon_decodes_what_an_earlier_run_archived_but_had_not_decod
 ) -> None:
     """An earlier run archived 30 envelopes and had decoded 10 when it died (its position
     after the tenth). The daemon started on that archive decodes the other 20 and counts
-    them. Redelivered, envelope 15's packets are duplicates, and so are envelope 5's (the
-    tail before the position fed the decoders' windows; the envelope accounting starts
-    afresh with the run, so envelope 5 itself counts ok). On stop the position is the end."""
+    them. Redelivered, envelope 15 is a duplicate, and so are envelope 5's packets (the
+    tail before the position fed the decoders' windows). On stop the position is the end."""
     config = daemon_config(mosquitto, tmp_path)
     directory = config.archive.directory
     with ArchiveWriter(config.archive) as writer:
@@ -212,13 +211,20 @@ async def test_the_daemon_decodes_what_an_earlier_run_archived_but_had_not_decod
     save_position(directory, decoded)
     async with running_daemon(config) as daemon:
         assert daemon.follower.resumed.backlog_records == 20
-        await publish(mosquitto.port, [envelope(5), envelope(15)])
-        await processed(daemon, 2)
+        assert daemon.subscriber is not None
         assert daemon.metrics_address is not None
-        metrics = await scrape(daemon.metrics_address)
-    assert metrics[ENVELOPES_OK] == 21
-    assert metrics['gs_envelopes_total{result="duplicate",vehicle="ingenuity"}'] == 1
-    assert metrics[DUPLICATE] == 2 * HK_PER_ENVELOPE
-    assert metrics[OK] == 20 * HK_PER_ENVELOPE
-    assert metrics["gs_ingest_queue_depth{}"] == 0
+        await daemon.subscriber.connected_event.wait()
+        await publish(mosquitto.port, [envelope(15)])
+        await processed(daemon, 1)
+        after_15 = await scrape(daemon.metrics_address)
+        await publish(mosquitto.port, [envelope(5)])
+        await processed(daemon, 2)
+        after_5 = await scrape(daemon.metrics_address)
+    assert after_15[ENVELOPES_OK] == 21  # a redelivered envelope counts ok as well
+    assert after_15['gs_envelopes_duplicate_total{vehicle="ingenuity"}'] == 1
+    assert after_15[DUPLICATE] == HK_PER_ENVELOPE
+    assert after_15[OK] == 20 * HK_PER_ENVELOPE
+    assert after_15["gs_ingest_queue_depth{}"] == 0
+    assert after_5[DUPLICATE] == 2 * HK_PER_ENVELOPE
+    assert after_5[OK] == 20 * HK_PER_ENVELOPE
     assert load_position(directory) == archive_end(directory)

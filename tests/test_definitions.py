@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.definitions import (
+from groundstation.core.definitions import (
     load_dictionaries,
     load_dictionary,
     load_dictionary_file,

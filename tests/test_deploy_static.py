@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from groundstation.config import IngestConfig
-from groundstation.history.samples import HISTORY_FAMILIES, TIMELINE_LABEL
-from groundstation.history.writer import Result
+from groundstation.consumers.history.samples import HISTORY_FAMILIES, TIMELINE_LABEL
+from groundstation.consumers.history.writer import Result
 from tests.services import find_binary
 
 ROOT: Final = Path(__file__).resolve().parent.parent

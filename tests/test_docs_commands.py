@@ -18,9 +18,9 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from groundstation.simulators import cli as simulator_cli
 
 from groundstation.cli import build_parser
-from simulators import cli as simulator_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

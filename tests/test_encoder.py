@@ -10,8 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.definitions import NUMERIC_TYPES, PacketDef, VehicleDictionary, load_dictionary
-from groundstation.encoder import encode_packet, encode_packets, packet_time, sclk_from_time
+from groundstation.core.definitions import (
+    NUMERIC_TYPES,
+    PacketDef,
+    VehicleDictionary,
+    load_dictionary,
+)
+from groundstation.core.encoder import encode_packet, encode_packets, packet_time, sclk_from_time
 from tests.icd_packets import (
     EVR_FIXED,
     HBS_LINK,

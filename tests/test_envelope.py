@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.envelope import (
+from groundstation.core.envelope import (
     BAD_TOPIC_PREFIX,
     Envelope,
     Invalid,

@@ -22,14 +22,14 @@ from typing import Any
 
 import pytest
 import yaml
+from groundstation.simulators.run import simulate
 
-from groundstation.archive import ArchiveReader, list_segments
 from groundstation.config import HistoryConfig
+from groundstation.consumers.history.process import RESTART_DELAY_S, WRITER_NICENESS
+from groundstation.consumers.history.remote_write import Series, compress, encode_write_request
+from groundstation.consumers.history.writer import POSITION_FILE, Verdict, load_position, post
 from groundstation.daemon import running_daemon
-from groundstation.history.process import RESTART_DELAY_S, WRITER_NICENESS
-from groundstation.history.remote_write import Series, compress, encode_write_request
-from groundstation.history.writer import POSITION_FILE, Verdict, load_position, post
-from simulators.run import simulate
+from groundstation.ingest.archive import ArchiveReader, list_segments
 from tests.daemon_support import (
     HK_PER_ENVELOPE,
     REPO,

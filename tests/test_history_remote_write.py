@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.history.remote_write import Series, compress, encode_write_request
+from groundstation.consumers.history.remote_write import Series, compress, encode_write_request
 
 
 def read_varint(data: bytes, at: int) -> tuple[int, int]:

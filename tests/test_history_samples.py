@@ -9,10 +9,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from groundstation.definitions import load_dictionaries
-from groundstation.history.samples import HistorySamples
+from groundstation.consumers.history.samples import HistorySamples
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.definitions import load_dictionaries
 from groundstation.pipeline import Pipeline, batched, check_payload
-from groundstation.telemetry import Telemetry
 from tests.icd_packets import HELI_HK, HELI_IMU, HELI_NAV, ROVER_NAV, hand_pack, time_of
 
 COARSE = 800_000_000

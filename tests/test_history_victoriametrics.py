@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.history.remote_write import Series, compress, encode_write_request
-from groundstation.history.writer import Verdict, post
+from groundstation.consumers.history.remote_write import Series, compress, encode_write_request
+from groundstation.consumers.history.writer import Verdict, post
 from tests.history_support import HOUR_S, assert_flight3_history, counts, fly, writer_for
 from tests.services import VictoriaMetrics, running_victoria_metrics
 

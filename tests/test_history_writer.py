@@ -8,11 +8,8 @@ from pathlib import Path
 import cramjam
 import pytest
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
 from groundstation.config import ArchiveConfig, HistoryConfig, load_config
-from groundstation.definitions import load_dictionaries
-from groundstation.errors import ConfigError
-from groundstation.history.writer import (
+from groundstation.consumers.history.writer import (
     POSITION_FILE,
     HistoryWriter,
     Position,
@@ -20,6 +17,9 @@ from groundstation.history.writer import (
     load_position,
     save_position,
 )
+from groundstation.core.definitions import load_dictionaries
+from groundstation.errors import ConfigError
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 from tests.test_history_remote_write import decode
 from tests.test_history_samples import T0, envelope, hk, nav
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from groundstation.envelope import SEQ_MODULUS, Envelope, Invalid, unpack_envelope
+from groundstation.core.envelope import SEQ_MODULUS, Envelope, Invalid, unpack_envelope
 from tests.fuzz.corpus import VALID_FIELDS, HostileEnvelope, hostile_envelopes, valid_envelope
 from tests.reliability_support import MIB, record_figures
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.decoder import RESULTS, PacketDecoder
-from groundstation.definitions import load_dictionary
+from groundstation.core.decoder import RESULTS, PacketDecoder
+from groundstation.core.definitions import load_dictionary
 from tests.fuzz.corpus import HostileBuffer, hostile_buffers, write_seed_corpus
 from tests.fuzz.fuzz_ingest import check_accounting, ingest_one
 from tests.icd_packets import HELI_HK, HELI_NAV, hand_pack

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from groundstation.definitions import load_dictionaries
-from groundstation.dictionary_table import dictionary_markdown
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.dictionary_table import dictionary_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 ICD = REPO / "docs" / "icd.md"

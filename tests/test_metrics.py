@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import VehicleDictionary, load_dictionaries
-from groundstation.encoder import encode_packet, encode_packets
-from groundstation.metrics import PipelineStatus, TelemetryCollector
-from groundstation.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
+from groundstation.core.encoder import encode_packet, encode_packets
+from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 
 T0 = 1_700_000_000.0
 

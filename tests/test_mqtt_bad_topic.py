@@ -12,8 +12,8 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from groundstation.archive import ArchiveReader
-from groundstation.envelope import BAD_TOPIC_PREFIX
+from groundstation.core.envelope import BAD_TOPIC_PREFIX
+from groundstation.ingest.archive import ArchiveReader
 from tests.daemon_support import envelope, replay_summary
 from tests.fake_broker import running_fake_broker
 from tests.reliability_support import DaemonProcess, count_archive, running_daemon, total

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from groundstation.config import BrokerConfig, MqttVersion
-from groundstation.mqtt import Delivery, Subscriber
+from groundstation.ingest.mqtt import Delivery, Subscriber
 from tests.services import LOOPBACK
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14

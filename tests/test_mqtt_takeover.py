@@ -16,11 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from groundstation.simulators.run import Simulation, SimulationOptions, simulate
 
-from groundstation.archive import ArchiveReader
 from groundstation.config import parse_broker_url
-from groundstation.envelope import Envelope, unpack_envelope
-from simulators.run import Simulation, SimulationOptions, simulate
+from groundstation.core.envelope import Envelope, unpack_envelope
+from groundstation.ingest.archive import ArchiveReader
 from tests.daemon_support import replay_summary
 from tests.reliability_support import DaemonProcess, Samples, record_figures, total
 from tests.services import Mosquitto

@@ -11,14 +11,14 @@ import msgpack
 import pytest
 from prometheus_client import CollectorRegistry
 
-from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
 from groundstation.cli.replay import counter_samples, packet_records
 from groundstation.config import ArchiveConfig
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import Envelope, Invalid
-from groundstation.metrics import PipelineStatus, TelemetryCollector
-from groundstation.mqtt import backoff_delay_s
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import Envelope, Invalid
+from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
+from groundstation.ingest.mqtt import backoff_delay_s
 from groundstation.pipeline import (
     Arrival,
     InvalidEnvelopeLog,
@@ -29,7 +29,7 @@ from groundstation.pipeline import (
     check_payload,
     resume_sequences,
 )
-from groundstation.telemetry import Telemetry
+from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
 from tests.icd_packets import HELI_HK, SCLK_EPOCH, hand_pack
 

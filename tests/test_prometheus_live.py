@@ -27,11 +27,11 @@ from typing import Any, Final
 
 import pytest
 import yaml
+from groundstation.simulators.faults import FaultKind
+from groundstation.simulators.run import SimulationOptions, simulate
 
 from groundstation.config import Config, HistoryConfig, Overrides, load_config, parse_broker_url
 from groundstation.daemon import Daemon, running_daemon
-from simulators.faults import FaultKind
-from simulators.run import SimulationOptions, simulate
 from tests.daemon_support import get, scrape
 from tests.services import LOOPBACK, find_binary, free_port
 from tests.test_deploy_mosquitto import (

@@ -10,11 +10,11 @@ import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, generate_latest
 
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import PacketDef, VehicleDictionary, load_dictionaries
-from groundstation.encoder import encode_packet, encode_packets
-from groundstation.metrics import PipelineStatus, TelemetryCollector
-from groundstation.telemetry import Telemetry
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import PacketDef, VehicleDictionary, load_dictionaries
+from groundstation.core.encoder import encode_packet, encode_packets
+from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 from tests.icd_packets import SCLK_EPOCH, hand_pack
 from tests.services import find_binary
 

@@ -1,13 +1,14 @@
-"""JSON records of decoded packets (groundstation.records), as `decode` and `replay` print them."""
+"""JSON records of decoded packets (groundstation.core.records), as `decode` and `replay` print
+them."""
 
 from __future__ import annotations
 
 import json
 import struct
 
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionary
-from groundstation.records import packet_records, summary
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionary
+from groundstation.core.records import packet_records, summary
 from tests.icd_packets import EVR_FIXED, HELI_HK, HELI_IMU, HELI_NAV, hand_pack, time_of
 
 INGENUITY = load_dictionary("ingenuity")

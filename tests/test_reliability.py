@@ -153,7 +153,7 @@ async def test_graceful_stop_loses_nothing_and_duplicates_nothing(
 
 
 def backoff_delays_logged(daemon: DaemonProcess) -> list[float]:
-    """The 'retrying in X s' delays the daemon logged (groundstation/mqtt.py)."""
+    """The 'retrying in X s' delays the daemon logged (groundstation/ingest/mqtt.py)."""
     text = daemon.log_path.read_text(errors="replace")
     return [float(match) for match in re.findall(r"retrying in ([0-9.]+) s", text)]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.archive import LOCK_NAME, ArchiveReader, list_segments
 from groundstation.decoding import POSITION_FILE
+from groundstation.ingest.archive import LOCK_NAME, ArchiveReader, list_segments
 from tests.reliability_support import (
     FAST_RECONNECT,
     MIB,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.envelope import pack_envelope
+from groundstation.core.envelope import pack_envelope
 from tests.fuzz.corpus import hostile_buffers, hostile_envelopes, valid_envelope
 from tests.reliability_support import (
     MIB,

@@ -1,7 +1,7 @@
 """Slow consumer (docs/reliability.md, item 6): memory stays bounded, the broker holds the rest.
 
 The daemon's in-flight window (MQTT 5 Receive Maximum) and its bounded ingest queue are
-the only buffers inside it (groundstation/mqtt.py docstring): under overload the backlog
+the only buffers inside it (groundstation/ingest/mqtt.py docstring): under overload the backlog
 must grow at the broker, visible in Mosquitto's `$SYS/broker/store/messages/count`, and
 nothing may be dropped inside.
 

@@ -18,23 +18,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from groundstation.simulators.delivery import Delivery
+from groundstation.simulators.faults import parse_faults
+from groundstation.simulators.run import Simulation, SimulationOptions
 from matplotlib.image import imread
 
 from groundstation import cli
-from groundstation.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
 from groundstation.cli.report import read_flights, select_flights
 from groundstation.cli.timespan import parse_time
 from groundstation.config import ArchiveConfig
-from groundstation.decoder import RESULTS
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import Envelope
-from groundstation.flight_figure import draw_flight
-from groundstation.flights import find_flights, flight_summary, flight_view, lost_in
+from groundstation.consumers.flight_figure import draw_flight
+from groundstation.consumers.flights import find_flights, flight_summary, flight_view, lost_in
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.decoder import RESULTS
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import Envelope
+from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
 from groundstation.pipeline import Pipeline, check_payload, replay_archive
-from groundstation.telemetry import Telemetry
-from simulators.delivery import Delivery
-from simulators.faults import parse_faults
-from simulators.run import Simulation, SimulationOptions
 
 T0 = 1_619_350_000.0  # 2021-04-25, the morning of flight 3
 FAULTS = (

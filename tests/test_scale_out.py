@@ -18,9 +18,9 @@ from pathlib import Path
 
 import cramjam
 import pytest
+from groundstation.simulators.run import simulate
 
-from groundstation.history.writer import Verdict
-from simulators.run import simulate
+from groundstation.consumers.history.writer import Verdict
 from tests.history_support import HOUR_S, assert_hk_and_nav_counts, writer_for
 from tests.reliability_support import DaemonProcess, Samples, running_daemon, total
 from tests.services import Mosquitto

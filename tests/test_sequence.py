@@ -9,14 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundstation.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW, SequenceWindow
+from groundstation.core.ccsds import SEQ_COUNT_MODULUS
+from groundstation.core.sequence import SEQ_WINDOW, SequenceWindow
 
 
 @dataclass
 class Reference:
     """ICD section 6 rules 1-4 transcribed literally: sets and dicts, one packet at a time."""
 
-    modulus: int = PACKET_SEQ_MODULUS
+    modulus: int = SEQ_COUNT_MODULUS
     window: int = SEQ_WINDOW
     newest: int | None = None
     newest_time: float = 0.0
@@ -82,7 +83,7 @@ class Reference:
 def test_ahead_duplicate_and_late() -> None:
     """Counts 10, 13 at newer times: 2 lost; 13 again is a duplicate; 11 late takes one back;
     9, from before the first count, is ok and takes nothing back."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     assert window.account(10, 100.0) == "ok"
     assert window.account(13, 103.0) == "ok"
     assert window.lost == 2
@@ -100,7 +101,7 @@ def test_reboot_counters_to_zero_clock_running_on() -> None:
     2. reboot: counts 0..99 again, times 1000 s on: every packet ok (none duplicate), one
        restart, nothing lost;
     3. a copy of a packet from after the reboot is still a duplicate."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     counts = np.arange(100)
     times = counts.astype(np.float64)
     assert not window.account_many(counts, 5000.0 + times).any()
@@ -112,7 +113,7 @@ def test_reboot_counters_to_zero_clock_running_on() -> None:
 
 def test_count_standing_still_or_jumping_far_is_a_restart() -> None:
     """Newer times with the count unchanged, back, or more than 8192 ahead: restarts, not loss."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     window.account(500, 1.0)
     assert window.account(500, 2.0) == "ok"  # stood still
     assert window.account(400, 3.0) == "ok"  # went back
@@ -124,7 +125,7 @@ def test_count_standing_still_or_jumping_far_is_a_restart() -> None:
 
 def test_jump_to_zero() -> None:
     """Count 0 after 16383 is the wrap (d = 1); count 0 after anything else is a restart."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     window.account(16383, 1.0)
     assert window.account(0, 2.0) == "ok"
     assert (window.lost, window.restarts) == (0, 0)
@@ -137,7 +138,7 @@ def test_jump_to_zero() -> None:
 def test_wrap_at_16384_and_window_edges() -> None:
     """Counts wrap at 16384; d == 8192 is ahead; a count 8192 behind newest is outside the
     window, so a late packet with it takes nothing back."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     window.account(16380, 1.0)
     assert window.account(3, 2.0) == "ok"  # d = 7 across the wrap
     assert window.lost == 6
@@ -152,7 +153,7 @@ def test_wrap_at_16384_and_window_edges() -> None:
 
 def test_late_packet_never_becomes_newest() -> None:
     """A late packet ahead in count but older in time changes neither newest nor lost."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     window.account(10, 100.0)
     assert window.account(20, 50.0) == "ok"
     assert (window.newest, window.newest_time, window.lost) == (10, 100.0, 0)
@@ -245,7 +246,7 @@ def test_vectorised_equals_scalar_and_the_icd_text(
         time += step
         stream.append((count, time))
     reference = Reference()
-    scalar = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    scalar = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     expected: list[bool] = []
     scalar_duplicates: list[bool] = []
     for item in stream:
@@ -257,7 +258,7 @@ def test_vectorised_equals_scalar_and_the_icd_text(
             scalar_duplicates.append(scalar.account(*item) == "duplicate")
     assert scalar_duplicates == expected
     # Vectorised: pieces end at every takeover and at the random cuts.
-    vectorised = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    vectorised = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     duplicates: list[bool] = []
     piece: list[tuple[int, float]] = []
     cut_at = set(cuts)
@@ -288,7 +289,7 @@ def test_vectorised_equals_scalar_and_the_icd_text(
 def test_a_gap_across_a_session_takeover_is_taken_over_not_lost() -> None:
     """10 accounted, a takeover, 20 arrives: 11-19 taken over; 15 late takes one back; the
     next gap (20 -> 25) is lost as usual."""
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     for count in range(11):
         window.account(count, float(count))
     window.excuse_next_gap()
@@ -306,7 +307,7 @@ def test_long_advancing_run() -> None:
     counts never land on 0, so the run wraps many times without a restart."""
     counts = np.arange(1, 60_000, 2) % 16384  # 1 lost per step
     times = np.arange(counts.shape[0], dtype=np.float64)
-    window = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    window = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     assert not window.account_many(counts, times).any()
     assert (window.lost, window.restarts) == (len(counts) - 1, 0)
     newest = int(counts[-1])
@@ -321,9 +322,9 @@ def test_jump_to_zero_inside_a_run() -> None:
     one vectorised call and packet by packet."""
     counts = np.arange(0, 60_000, 3) % 16384
     times = np.arange(counts.shape[0], dtype=np.float64)
-    vectorised = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    vectorised = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     vectorised.account_many(counts, times)
-    scalar = SequenceWindow(modulus=PACKET_SEQ_MODULUS)
+    scalar = SequenceWindow(modulus=SEQ_COUNT_MODULUS)
     for count, time in zip(counts.tolist(), times.tolist(), strict=True):
         scalar.account(count, time)
     assert (vectorised.lost, vectorised.restarts) == (scalar.lost, scalar.restarts)

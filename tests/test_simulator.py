@@ -18,19 +18,27 @@ from typing import Any
 
 import numpy as np
 import pytest
+from groundstation.simulators.cli import main
+from groundstation.simulators.delivery import RELAY, topic_for
+from groundstation.simulators.faults import FAULT_KINDS, parse_faults
+from groundstation.simulators.output import packets_file, read_envelopes
+from groundstation.simulators.physics import (
+    FLIGHT,
+    IDLE,
+    LANDED,
+    PREFLIGHT,
+    ROTOR_RPM,
+    SPINUP,
+    Flight,
+)
+from groundstation.simulators.profiles import PROFILES
+from groundstation.simulators.run import Simulation, SimulationOptions, simulate
+from groundstation.simulators.stress import DEFAULT_MIX, parse_mix
 
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import Envelope, unpack_envelope
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import Envelope, unpack_envelope
 from groundstation.errors import ConfigError
-from simulators.cli import main
-from simulators.delivery import RELAY, topic_for
-from simulators.faults import FAULT_KINDS, parse_faults
-from simulators.output import packets_file, read_envelopes
-from simulators.physics import FLIGHT, IDLE, LANDED, PREFLIGHT, ROTOR_RPM, SPINUP, Flight
-from simulators.profiles import PROFILES
-from simulators.run import Simulation, SimulationOptions, simulate
-from simulators.stress import DEFAULT_MIX, parse_mix
 
 DICTIONARIES = load_dictionaries()
 ALL_FAULTS = ",".join(f"{kind}=0.04" for kind in FAULT_KINDS)

@@ -12,13 +12,13 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from groundstation.simulators.report import payload_digest_update
+from groundstation.simulators.run import Simulation, SimulationOptions, simulate
 
 from groundstation.config import parse_broker_url
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import Envelope, unpack_envelope
-from simulators.report import payload_digest_update
-from simulators.run import Simulation, SimulationOptions, simulate
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import Envelope, unpack_envelope
 from tests.services import LOOPBACK, Mosquitto
 
 TOPIC_FILTER = "mars/tm/+"

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from groundstation.archive import ArchiveRecord, ArchiveWriter
+from groundstation.simulators.delivery import Delivery
+from groundstation.simulators.run import Simulation, SimulationOptions
+
 from groundstation.cli.replay import counter_samples, replay
 from groundstation.config import ArchiveConfig
-from groundstation.definitions import load_dictionaries
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.definitions import load_dictionaries
+from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
 from groundstation.pipeline import Pipeline, batched, check_payload
-from groundstation.telemetry import Telemetry
-from simulators.delivery import Delivery
-from simulators.run import Simulation, SimulationOptions
 
 DICTIONARIES = load_dictionaries()
 T0 = 1_700_000_000.0

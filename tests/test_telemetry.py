@@ -14,20 +14,24 @@ from typing import Any
 
 import numpy as np
 import pytest
+from groundstation.simulators.faults import FAULT_KINDS, parse_faults
+from groundstation.simulators.run import Simulation, SimulationOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
-from groundstation.decoder import RESULTS, DecodeResult, PacketDecoder
-from groundstation.definitions import VehicleDictionary, load_dictionaries, parse_dictionary
-from groundstation.encoder import encode_packet, encode_packets
+from groundstation.consumers.telemetry import (
+    MAX_RELAYS_PER_VEHICLE,
+    MAX_UNKNOWN_APID_LABELS,
+    Telemetry,
+)
+from groundstation.core.decoder import RESULTS, DecodeResult, PacketDecoder
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries, parse_dictionary
+from groundstation.core.encoder import encode_packet, encode_packets
 from groundstation.errors import DefinitionError
-from groundstation.metrics import PipelineStatus, TelemetryCollector
 from groundstation.pipeline import Arrival, Pipeline, check_payload
-from groundstation.telemetry import MAX_RELAYS_PER_VEHICLE, MAX_UNKNOWN_APID_LABELS, Telemetry
-from simulators.faults import FAULT_KINDS, parse_faults
-from simulators.run import Simulation, SimulationOptions
+from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 from tests.icd_packets import HELI_HK, hand_pack
 
 T0 = 1_700_000_000.0  # a packet time well inside the SCLK range

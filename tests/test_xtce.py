@@ -26,25 +26,25 @@ from typing import Any
 import numpy as np
 import pytest
 import xmlschema
+from groundstation.simulators.physics import Flight
+from groundstation.simulators.profiles import PROFILES
+from groundstation.simulators.stream import PacketStream
+from groundstation.simulators.stress import StressGenerator
+from groundstation.simulators.telemetry import fly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from space_packet_parser.xtce.definitions import XtcePacketDefinition
 
 from groundstation.cli import main
-from groundstation.decoder import PacketDecoder
-from groundstation.definitions import (
+from groundstation.core.decoder import PacketDecoder
+from groundstation.core.definitions import (
     PacketDef,
     load_dictionaries,
     load_dictionary,
     parse_dictionary,
 )
-from groundstation.records import packet_records
-from groundstation.xtce import XTCE_NAMESPACE, export_xtce
-from simulators.physics import Flight
-from simulators.profiles import PROFILES
-from simulators.stream import PacketStream
-from simulators.stress import StressGenerator
-from simulators.telemetry import fly
+from groundstation.core.records import packet_records
+from groundstation.core.xtce import XTCE_NAMESPACE, export_xtce
 from tests.icd_packets import (
     EVR_FIXED,
     HBS_LINK,
@@ -472,7 +472,7 @@ def test_a_field_added_to_the_toml_appears_in_the_export(tmp_path: Path) -> None
     bytes). 2. Export from the copy. 3. The export validates, names the field with its
     unit and calibrator, and space_packet_parser decodes the new field from a packet."""
     protocols = tmp_path / "protocols"
-    shutil.copytree(Path(str(resources.files("protocols"))), protocols)
+    shutil.copytree(Path(str(resources.files("groundstation.protocols"))), protocols)
     toml = protocols / "ingenuity.toml"
     text = toml.read_text(encoding="utf-8")
     hk_start = text.index('name = "HELI_HK"')

@@ -13,17 +13,17 @@ import os
 import sys
 from pathlib import Path
 
-from groundstation.archive import ArchiveReader, list_segments
 from groundstation.cli.progress import archive_progress
 from groundstation.cli.timespan import add_time_span
 from groundstation.config import load_config
-from groundstation.definitions import load_dictionaries
+from groundstation.consumers.history.openmetrics import openmetrics_lines
+from groundstation.consumers.history.samples import HistorySamples, SampleBatch, milliseconds
+from groundstation.consumers.history.writer import history_batch_bytes
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.definitions import load_dictionaries
 from groundstation.errors import ConfigError
-from groundstation.history.openmetrics import openmetrics_lines
-from groundstation.history.samples import HistorySamples, SampleBatch, milliseconds
-from groundstation.history.writer import history_batch_bytes
+from groundstation.ingest.archive import ArchiveReader, list_segments
 from groundstation.pipeline import Pipeline, replay_archive
-from groundstation.telemetry import Telemetry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from groundstation.cli.output import add_format_argument, quiet_broken_pipe, write_json, write_jsonl
-from groundstation.decoder import MALFORMED, UNKNOWN_APID, DecodeResult, PacketDecoder
-from groundstation.definitions import load_dictionaries, load_dictionary
-from groundstation.records import packet_records, summary
+from groundstation.core.decoder import MALFORMED, UNKNOWN_APID, DecodeResult, PacketDecoder
+from groundstation.core.definitions import load_dictionaries, load_dictionary
+from groundstation.core.records import packet_records, summary
 
 logger = logging.getLogger(__name__)
 

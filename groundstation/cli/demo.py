@@ -2,6 +2,10 @@
 
 Nothing else to install: the README's first command shows live metrics at
 http://127.0.0.1:9108/metrics. Everything stays on loopback.
+
+The demo is the one place the ground station uses the simulator, so the simulator is
+imported inside `run_demo`: loading the command line (every subcommand's options) does not
+load it.
 """
 
 from __future__ import annotations
@@ -15,11 +19,10 @@ import signal
 import tempfile
 from pathlib import Path
 
-from groundstation.broker import quiet_broker_logs
 from groundstation.cli.run import add_history_argument, first_error, options_named
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
-from simulators.run import SimulationOptions, simulate
+from groundstation.service.broker import quiet_broker_logs
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,11 @@ def _run(args: argparse.Namespace, archive_dir: Path) -> int:
 
 async def run_demo(config: Config, *, speed: float) -> None:
     """Daemon (with its embedded broker) and simulator in one task group, until a signal."""
+    from groundstation.simulators.run import (  # noqa: PLC0415 - only the demo needs it
+        SimulationOptions,
+        simulate,
+    )
+
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from groundstation.definitions import load_dictionary
-from groundstation.dictionary_table import dictionary_json, dictionary_markdown
-from groundstation.xtce import export_xtce
+from groundstation.core.definitions import load_dictionary
+from groundstation.core.dictionary_table import dictionary_json, dictionary_markdown
+from groundstation.core.xtce import export_xtce
 
 FORMATS = ("markdown", "json")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from groundstation.archive import ArchiveRecord, framed_size
+from groundstation.ingest.archive import ArchiveRecord, framed_size
 
 
 def progress_bar(

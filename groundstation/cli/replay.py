@@ -14,18 +14,18 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from groundstation import records
-from groundstation.archive import ArchiveReader, ArchiveRecord, list_segments
 from groundstation.cli.output import add_format_argument, quiet_broken_pipe, write_json, write_jsonl
 from groundstation.cli.progress import archive_progress
 from groundstation.cli.run import add_history_argument
 from groundstation.config import Config, Overrides, load_config
-from groundstation.definitions import VehicleDictionary, load_dictionaries
-from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.consumers.history.writer import HistoryWriter
+from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.core import records
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
-from groundstation.history.writer import HistoryWriter
+from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, list_segments
 from groundstation.pipeline import Decoded, Pipeline, replay_archive
-from groundstation.telemetry import Telemetry, TelemetrySnapshot
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +150,7 @@ def counter_samples(snapshot: TelemetrySnapshot) -> dict[str, float]:
 
 
 def packet_records(decoded: Decoded, dictionary: VehicleDictionary) -> Iterator[dict[str, Any]]:
-    """decode's per-packet records (groundstation.records) with vehicle and envelope_seq."""
+    """decode's per-packet records (groundstation.core.records) with vehicle and envelope_seq."""
     buffers = decoded.result.buffer.tolist()
     for buffer, record in zip(
         buffers, records.packet_records(decoded.result, dictionary), strict=True

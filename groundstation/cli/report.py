@@ -2,7 +2,8 @@
 
 The archive goes through replay's path (`pipeline.replay_archive`: the daemon's decoder,
 sequence accounting and telemetry), so the report's figures agree with the metrics; the
-flights are cut by `groundstation.flights` and drawn by `groundstation.flight_figure`.
+flights are cut by `groundstation.consumers.flights` and drawn by
+`groundstation.consumers.flight_figure`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from groundstation.archive import ArchiveReader, list_segments
 from groundstation.cli.progress import archive_progress
 from groundstation.cli.timespan import add_time_span
 from groundstation.config import load_config
-from groundstation.definitions import load_dictionaries
-from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
-from groundstation.errors import ConfigError
-from groundstation.flights import (
+from groundstation.consumers.flights import (
     Flight,
     FlightLog,
     Telemetry,
@@ -32,8 +29,12 @@ from groundstation.flights import (
     flight_view,
     summary_document,
 )
+from groundstation.consumers.telemetry import Telemetry as TelemetryState
+from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.errors import ConfigError
+from groundstation.ingest.archive import ArchiveReader, list_segments
 from groundstation.pipeline import Pipeline, replay_archive
-from groundstation.telemetry import Telemetry as TelemetryState
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         importlib.import_module("matplotlib")
     except ImportError:
         raise ConfigError(MISSING_MATPLOTLIB) from None
-    from groundstation import flight_figure  # noqa: PLC0415 - needs the optional matplotlib
+    from groundstation.consumers import flight_figure  # noqa: PLC0415 - needs the optional matplotlib
 
     config = load_config(args.config, env=os.environ)
     telemetry = read_flights(

@@ -11,10 +11,10 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from groundstation.broker import quiet_broker_logs
 from groundstation.config import Config, Overrides, load_config
 from groundstation.daemon import Daemon
 from groundstation.errors import AddressInUseError, ConfigError, GroundstationError
+from groundstation.service.broker import quiet_broker_logs
 
 logger = logging.getLogger(__name__)
 

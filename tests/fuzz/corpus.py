@@ -17,7 +17,7 @@ from typing import Final
 
 import msgpack
 
-from groundstation.envelope import InvalidReason, pack_envelope
+from groundstation.core.envelope import InvalidReason, pack_envelope
 from tests.icd_packets import HELI_HK, crc_bitwise, hand_pack
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024  # ICD section 6 default

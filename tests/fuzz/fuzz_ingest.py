@@ -20,9 +20,9 @@ from typing import Final, get_args
 
 import numpy as np
 
-from groundstation.decoder import RESULTS, DecodeResult, PacketDecoder
-from groundstation.definitions import VehicleDictionary, load_dictionaries
-from groundstation.envelope import Invalid, InvalidReason, unpack_envelope
+from groundstation.core.decoder import RESULTS, DecodeResult, PacketDecoder
+from groundstation.core.definitions import VehicleDictionary, load_dictionaries
+from groundstation.core.envelope import Invalid, InvalidReason, unpack_envelope
 
 MAX_PAYLOAD_BYTES: Final = 1 << 20
 OK: Final = RESULTS.index("ok")

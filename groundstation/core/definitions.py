@@ -18,14 +18,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from groundstation.core.ccsds import CRC_BYTES, HEADER_BYTES, MAX_APID, MAX_PACKET_BYTES
 from groundstation.errors import DefinitionError, UnknownVehicleError
-
-PRIMARY_HEADER_BYTES: Final = 6
-SECONDARY_HEADER_BYTES: Final = 6
-HEADER_BYTES: Final = PRIMARY_HEADER_BYTES + SECONDARY_HEADER_BYTES
-CRC_BYTES: Final = 2
-MAX_APID: Final = 0x7FF
-MAX_PACKET_BYTES: Final = PRIMARY_HEADER_BYTES + 0x10000
 
 # Big-endian numpy types of the ICD's field types; `text` is handled apart.
 NUMERIC_TYPES: Final[Mapping[str, str]] = MappingProxyType(
@@ -132,7 +126,7 @@ class VehicleDictionary:
 
 def default_protocols_dir() -> Path:
     """The protocols/ folder shipped with the package (works from a checkout and a wheel)."""
-    return Path(str(resources.files("protocols")))
+    return Path(str(resources.files("groundstation.protocols")))
 
 
 def load_dictionaries(directory: Path | None = None) -> dict[str, VehicleDictionary]:

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from groundstation.definitions import (
-    CRC_BYTES,
-    HEADER_BYTES,
-    FieldDef,
-    PacketDef,
-    VehicleDictionary,
-)
+from groundstation.core.ccsds import CRC_BYTES, HEADER_BYTES
+from groundstation.core.definitions import FieldDef, PacketDef, VehicleDictionary
 
 __all__ = ["dictionary_json", "dictionary_markdown"]
 

@@ -46,7 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from groundstation.config import BrokerConfig, make_tls_context
-from groundstation.envelope import bad_topic_name
+from groundstation.core.envelope import bad_topic_name
 
 logger = logging.getLogger(__name__)
 

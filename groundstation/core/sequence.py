@@ -43,7 +43,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "PACKET_SEQ_MODULUS",
     "SEQ_WINDOW",
     "SequenceResult",
     "SequenceWindow",
@@ -51,7 +50,6 @@ __all__ = [
 
 SequenceResult = Literal["ok", "duplicate"]
 
-PACKET_SEQ_MODULUS: Final = 1 << 14  # ICD section 3: 14-bit sequence count
 SEQ_WINDOW: Final = 8192  # ICD section 6: the last 8192 sequence counts
 
 # Slot markers of the ring (a slot otherwise holds the time of the packet seen).

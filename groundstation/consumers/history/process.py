@@ -23,10 +23,10 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Final
 
-from groundstation.child_process import start_as_child
 from groundstation.config import HistoryConfig
-from groundstation.definitions import load_dictionaries
-from groundstation.history.writer import HistoryStatus, HistoryWriter, SharedStatus
+from groundstation.consumers.history.writer import HistoryStatus, HistoryWriter, SharedStatus
+from groundstation.core.definitions import load_dictionaries
+from groundstation.service.child_process import start_as_child
 
 logger = logging.getLogger(__name__)
 

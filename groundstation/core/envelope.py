@@ -17,7 +17,7 @@ from urllib.parse import quote_from_bytes
 
 import msgpack
 
-from groundstation.encoder import SCLK_EPOCH_UNIX_S
+from groundstation.core.ccsds import SCLK_EPOCH_UNIX_S
 
 ENVELOPE_VERSION: Final = 1
 SEQ_MODULUS: Final = 2**32

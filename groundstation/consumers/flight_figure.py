@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import NDArray
 
-from groundstation.flights import Event, FlightView
+from groundstation.consumers.flights import Event, FlightView
 
 __all__ = ["FIGURE_FORMATS", "PANEL_TITLES", "draw_flight", "save_figure"]
 

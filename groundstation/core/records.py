@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.decoder import MALFORMED, RESULTS, ApidColumns, DecodeResult
-from groundstation.definitions import FieldDef, VehicleDictionary
+from groundstation.core.decoder import MALFORMED, RESULTS, ApidColumns, DecodeResult
+from groundstation.core.definitions import FieldDef, VehicleDictionary
 
 __all__ = ["packet_records", "summary"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from groundstation.history.samples import SampleBatch, SeriesKey
+from groundstation.consumers.history.samples import SampleBatch, SeriesKey
 
 __all__ = ["EOF_LINE", "openmetrics_lines"]
 

@@ -15,15 +15,13 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from groundstation import __version__
-from groundstation.definitions import (
+from groundstation.core.ccsds import (
     CRC_BYTES,
+    FINE_PER_SECOND,
     HEADER_BYTES,
     PRIMARY_HEADER_BYTES,
-    FieldDef,
-    PacketDef,
-    VehicleDictionary,
 )
-from groundstation.encoder import FINE_PER_SECOND
+from groundstation.core.definitions import FieldDef, PacketDef, VehicleDictionary
 
 __all__ = [
     "APID_PARAMETER",

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from groundstation.telemetry import (
+from groundstation.consumers.telemetry import (
     TELEMETRY_FAMILIES,
     FamilySamples,
     FamilySpec,

@@ -28,11 +28,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from groundstation import __version__
-from groundstation.archive import ArchiveReader, ArchiveRecord, list_segments, write_atomically
 from groundstation.config import HistoryConfig
-from groundstation.definitions import VehicleDictionary
-from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
-from groundstation.history.remote_write import (
+from groundstation.consumers.history.remote_write import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
     PROTOCOL_VERSION,
@@ -40,9 +37,17 @@ from groundstation.history.remote_write import (
     compress,
     encode_write_request,
 )
-from groundstation.history.samples import HistorySamples, SampleBatch, SeriesKey
+from groundstation.consumers.history.samples import HistorySamples, SampleBatch, SeriesKey
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.definitions import VehicleDictionary
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.ingest.archive import (
+    ArchiveReader,
+    ArchiveRecord,
+    list_segments,
+    write_atomically,
+)
 from groundstation.pipeline import Pipeline, archived_arrivals, batched
-from groundstation.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext

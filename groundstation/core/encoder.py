@@ -1,67 +1,42 @@
 """Build CCSDS space packets from engineering values (ICD sections 3 and 4).
 
-The simulator and the tests use this; the decoder shares only the header layout and the
-SCLK conversion. A value that does not fit its field is a programmer error in the caller,
-not bad telemetry, so it raises ValueError naming the packet and field.
+The simulator and the tests use this; the decoder shares only the SCLK conversion
+(`packet_time`), and both take the header layout from groundstation.core.ccsds. A value
+that does not fit its field is a programmer error in the caller, not bad telemetry, so it
+raises ValueError naming the packet and field.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping
-from typing import Any, Final, overload
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from groundstation.crc import crc16, crc16_rows
-from groundstation.definitions import (
+from groundstation.core.ccsds import (
     CRC_BYTES,
+    FINE_PER_SECOND,
     HEADER_BYTES,
-    NUMERIC_TYPES,
-    PRIMARY_HEADER_BYTES,
-    FieldDef,
-    PacketDef,
+    HEADER_DTYPE,
+    HEADER_STRUCT,
+    MAX_COARSE,
+    PACKET_ID_FIXED,
+    PACKET_LENGTH_OFFSET,
+    SCLK_EPOCH_UNIX_S,
+    SEQ_COUNT_MODULUS,
+    SEQ_FLAGS_UNSEGMENTED,
 )
+from groundstation.core.crc import crc16, crc16_rows
+from groundstation.core.definitions import NUMERIC_TYPES, FieldDef, PacketDef
 
 __all__ = [
-    "HEADER_DTYPE",
-    "PACKET_ID_FIXED",
-    "PACKET_ID_FIXED_MASK",
-    "SCLK_EPOCH_UNIX_S",
-    "SEQ_COUNT_MODULUS",
-    "SEQ_FLAGS_MASK",
-    "SEQ_FLAGS_UNSEGMENTED",
     "encode_packet",
     "encode_packets",
     "packet_time",
     "sclk_from_time",
 ]
-
-# ICD section 3: primary header (6 bytes) and secondary header (SCLK, 6 bytes), big-endian.
-HEADER_DTYPE: Final = np.dtype(
-    [
-        ("packet_id", ">u2"),  # version 3 bits, type 1 bit, sec. header flag 1 bit, APID 11
-        ("sequence", ">u2"),  # sequence flags 2 bits, sequence count 14 bits
-        ("data_length", ">u2"),  # bytes after the primary header - 1
-        ("coarse", ">u4"),  # SCLK seconds
-        ("fine", ">u2"),  # SCLK 1/65536 s
-    ]
-)
-PACKET_ID_FIXED_MASK: Final = 0xF800
-PACKET_ID_FIXED: Final = 0x0800  # version 0, type 0 (telemetry), secondary header flag 1
-APID_MASK: Final = 0x07FF
-SEQ_FLAGS_MASK: Final = 0xC000
-SEQ_FLAGS_UNSEGMENTED: Final = 0xC000
-SEQ_COUNT_MASK: Final = 0x3FFF
-SEQ_COUNT_MODULUS: Final = 0x4000
-
-SCLK_EPOCH_UNIX_S: Final = 946728000  # 2000-01-01T12:00:00 UTC; leap seconds ignored (ICD 3)
-FINE_PER_SECOND: Final = 65536
-MAX_COARSE: Final = 0xFFFFFFFF
-
-_HEADER_STRUCT: Final = struct.Struct(">HHHIH")
 
 
 @overload
@@ -141,10 +116,10 @@ def encode_packet(
             f"{packet.name}: packet would be {length} bytes, "
             f"allowed {packet.min_length}..{packet.max_length} (text too long?)"
         )
-    header = _HEADER_STRUCT.pack(
+    header = HEADER_STRUCT.pack(
         PACKET_ID_FIXED | packet.apid,
         SEQ_FLAGS_UNSEGMENTED | int(seq),
-        length - PRIMARY_HEADER_BYTES - 1,
+        length - PACKET_LENGTH_OFFSET,
         coarse,
         fine,
     )
@@ -179,7 +154,7 @@ def encode_packets(
     header = raw[:, :HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
     header["packet_id"] = PACKET_ID_FIXED | packet.apid
     header["sequence"] = SEQ_FLAGS_UNSEGMENTED | counts
-    header["data_length"] = packet.max_length - PRIMARY_HEADER_BYTES - 1
+    header["data_length"] = packet.max_length - PACKET_LENGTH_OFFSET
     header["coarse"] = coarse
     header["fine"] = fine
     shape = (n, packet.samples) if packet.samples > 1 else (n,)

@@ -10,10 +10,10 @@ steps, in the order docs/interfaces.md fixes (ICD sections 3, 4 and 6):
    A structural fault ends its buffer in one `malformed` entry (the tail);
 2. verify every packet's CRC at once: packets of equal length form one (n, L) array, a
    zero-copy strided view when they lie back to back. The CRC of a packet including its
-   big-endian CRC field is zero exactly when the CRC matches (see groundstation.crc);
+   big-endian CRC field is zero exactly when the CRC matches (see groundstation.core.crc);
 3. unknown APIDs; with the envelopes' `ert`, packets dated after it (`clock_error`); the
    entries of redelivered envelopes (`duplicate`); then sequence accounting per APID
-   (groundstation.sequence) of the CRC-valid packets that remain, keyed by packet time;
+   (groundstation.core.sequence) of the CRC-valid packets that remain, keyed by packet time;
 4. calibrate each fixed-length APID through one structured-dtype view; keep the ok packets.
 
 Calibration is eager by default. A lazy decoder (`calibrate="lazy"`) does steps 1-3 alike
@@ -40,28 +40,27 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
-from groundstation.crc import crc16_rows
-from groundstation.definitions import (
+from groundstation.core.ccsds import (
+    APID_MASK,
     CRC_BYTES,
     HEADER_BYTES,
+    HEADER_DTYPE,
     MAX_APID,
     MAX_PACKET_BYTES,
-    NUMERIC_TYPES,
-    PRIMARY_HEADER_BYTES,
-    FieldDef,
-    PacketDef,
-    VehicleDictionary,
-)
-from groundstation.encoder import (
-    HEADER_DTYPE,
     PACKET_ID_FIXED,
     PACKET_ID_FIXED_MASK,
+    PACKET_LENGTH_OFFSET,
+    PRIMARY_HEADER_BYTES,
+    SEQ_COUNT_MASK,
+    SEQ_COUNT_MODULUS,
     SEQ_FLAGS_MASK,
     SEQ_FLAGS_UNSEGMENTED,
-    packet_time,
 )
-from groundstation.envelope import DEFAULT_MAX_CLOCK_SKEW_S
-from groundstation.sequence import PACKET_SEQ_MODULUS, SequenceWindow
+from groundstation.core.crc import crc16_rows
+from groundstation.core.definitions import NUMERIC_TYPES, FieldDef, PacketDef, VehicleDictionary
+from groundstation.core.encoder import packet_time
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.core.sequence import SequenceWindow
 
 __all__ = [
     "CLOCK_ERROR",
@@ -92,9 +91,6 @@ CLOCK_ERROR: Final = 5
 # The smallest packet that has both headers and a CRC; shorter ones are malformed whatever
 # their APID (docs/decisions.md, Decoder).
 MIN_PACKET_BYTES: Final = HEADER_BYTES + CRC_BYTES
-_LENGTH_OFFSET: Final = PRIMARY_HEADER_BYTES + 1  # packet length = data length field + 7
-_APID_MASK: Final = 0x7FF
-_SEQ_MASK: Final = 0x3FFF
 _NO_APID: Final = -1
 _NOTHING: Final = np.zeros(0, dtype=np.intp)
 
@@ -103,7 +99,7 @@ _NOTHING: Final = np.zeros(0, dtype=np.intp)
 _THREADED_MIN_BYTES: Final = 1 << 21
 # Header bytes 0-7 as one big-endian u64: packet id, sequence flags and data length must
 # equal the first header's in a buffer of one APID; the count and SCLK may differ.
-_SAME_PACKET_MASK: Final = np.uint64(0xFFFF_C000_FFFF_0000)
+_SAME_PACKET_MASK: Final = np.uint64(0xFFFF << 48 | SEQ_FLAGS_MASK << 32 | 0xFFFF << 16)
 
 _Background = TypeVar("_Background")
 _Foreground = TypeVar("_Foreground")
@@ -498,7 +494,7 @@ class PacketDecoder:
                 self._fixed_length[apid] = packet.max_length
         self._layouts = {apid: _Layout.compile(p) for apid, p in dictionary.packets.items()}
         self._windows = {
-            apid: SequenceWindow(modulus=PACKET_SEQ_MODULUS) for apid in dictionary.packets
+            apid: SequenceWindow(modulus=SEQ_COUNT_MODULUS) for apid in dictionary.packets
         }
 
     def split(self, data: NDArray[np.uint8], sizes: NDArray[np.int64]) -> Split:
@@ -585,7 +581,7 @@ class PacketDecoder:
         def read_and_calibrate() -> dict[int, _FixedApid]:
             for group in groups:
                 header = group.rows[:, :HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
-                seq[group.index] = header["sequence"] & _SEQ_MASK
+                seq[group.index] = header["sequence"] & SEQ_COUNT_MASK
                 time[group.index] = packet_time(header["coarse"], header["fine"])
             return self._fixed_apids(groups, split.apid)
 
@@ -783,8 +779,8 @@ class PacketDecoder:
         first = np.zeros((sizes.shape[0], 3), dtype=np.int64)  # packet id, sequence, length
         if has_header.any():
             first[has_header] = _header_words(data, starts[has_header])
-        length = first[:, 2] + _LENGTH_OFFSET
-        first_apid = (first[:, 0] & _APID_MASK).astype(np.int32)
+        length = first[:, 2] + PACKET_LENGTH_OFFSET
+        first_apid = (first[:, 0] & APID_MASK).astype(np.int32)
         # Buffers whose first header is a known fixed-length APID that tiles the buffer.
         uniform = (
             has_header
@@ -882,8 +878,8 @@ class PacketDecoder:
         candidate, rank = candidate[inside], rank[inside]
         # The scan checked bytes 0 and 2; the APID (bytes 0-1) and the length (4-5) remain.
         words = _header_words(data, candidate)
-        apid = (words[:, 0] & _APID_MASK).astype(np.int64)
-        length = words[:, 2].astype(np.int64) + _LENGTH_OFFSET
+        apid = (words[:, 0] & APID_MASK).astype(np.int64)
+        length = words[:, 2].astype(np.int64) + PACKET_LENGTH_OFFSET
         following = candidate + length
         good = (
             (length >= self._min_length[apid])
@@ -1032,7 +1028,7 @@ def _tail_apid(
         packet_id = data[at].astype(np.int64) << 8 | data[at + 1]
         apid[two_bytes] = np.where(
             (packet_id & PACKET_ID_FIXED_MASK) == PACKET_ID_FIXED,
-            packet_id & _APID_MASK,
+            packet_id & APID_MASK,
             _NO_APID,
         )
     return apid
@@ -1114,7 +1110,7 @@ def _length_groups(split: Split) -> list[tuple[int, Index]]:
     if lengths.min() == lengths.max():
         return [(int(lengths[0]), packets)]
     # A stable radix sort (16-bit keys: the data length field) keeps input order per group.
-    order = np.argsort((lengths - _LENGTH_OFFSET).astype(np.uint16), kind="stable")
+    order = np.argsort((lengths - PACKET_LENGTH_OFFSET).astype(np.uint16), kind="stable")
     ordered = lengths[order]
     bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), ordered.shape[0]]
     positions = _positions(packets, count)[order]

@@ -18,10 +18,11 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.decoder import RESULTS, DecodeResult
-from groundstation.definitions import PacketDef, VehicleDictionary
+from groundstation.core.ccsds import SEQ_COUNT_MODULUS
+from groundstation.core.decoder import RESULTS, DecodeResult
+from groundstation.core.definitions import PacketDef, VehicleDictionary
+from groundstation.core.sequence import SEQ_WINDOW
 from groundstation.errors import ConfigError
-from groundstation.sequence import PACKET_SEQ_MODULUS, SEQ_WINDOW
 
 __all__ = [
     "FLYING_MODES",
@@ -358,7 +359,7 @@ def lost_in(counts: NDArray[np.uint16]) -> int:
     if counts.shape[0] < 2:
         return 0
     values = counts.astype(np.int64)
-    ahead = (values[1:] - values[:-1]) % PACKET_SEQ_MODULUS
+    ahead = (values[1:] - values[:-1]) % SEQ_COUNT_MODULUS
     restart = (ahead > SEQ_WINDOW) | ((values[1:] == 0) & (ahead > 1)) | (ahead == 0)
     return int(np.where(restart, 0, ahead - 1).sum())
 

@@ -17,11 +17,11 @@ from typing import Final, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.decoder import OK, RESULTS, ApidColumns, DecodeResult
-from groundstation.definitions import FieldDef, PacketDef, VehicleDictionary
-from groundstation.envelope import SEQ_MODULUS, UNKNOWN_VEHICLE
+from groundstation.core.decoder import OK, RESULTS, ApidColumns, DecodeResult
+from groundstation.core.definitions import FieldDef, PacketDef, VehicleDictionary
+from groundstation.core.envelope import SEQ_MODULUS, UNKNOWN_VEHICLE
+from groundstation.core.sequence import SEQ_WINDOW, SequenceResult, SequenceWindow
 from groundstation.errors import DefinitionError
-from groundstation.sequence import SEQ_WINDOW, SequenceResult, SequenceWindow
 
 __all__ = [
     "DECODE_BUCKETS_S",
@@ -913,7 +913,7 @@ def _vehicle_with(dictionaries: Mapping[str, VehicleDictionary], packet_name: st
     return None
 
 
-# The history writer (groundstation.history) derives ICD section 7's samples with the same
+# The history writer (groundstation.consumers.history) derives ICD section 7's samples with the same
 # definitions, one packet at a time.
 FlightTrack = _FlightTrack
 flying_codes = _flying_codes

@@ -4,7 +4,7 @@ Pure and deterministic: `HistorySamples.take` is fed the `Decoded` results of th
 `Pipeline` that live ingest and replay use (so duplicates, CRC and clock errors are
 already out: only `ok` packets reach `DecodeResult.columns`), in arrival order, and
 returns the samples they give. The values come from the same writers as the live gauges
-(`groundstation.telemetry`), one packet at a time instead of the newest only; the derived
+(`groundstation.consumers.telemetry`), one packet at a time instead of the newest only; the derived
 values follow ICD section 7 (docs/history.md).
 """
 
@@ -18,10 +18,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from groundstation.decoder import ApidColumns
-from groundstation.definitions import PacketDef, VehicleDictionary
-from groundstation.pipeline import Decoded
-from groundstation.telemetry import (
+from groundstation.consumers.telemetry import (
     FLIGHT_DISTANCE,
     HEALTH_FAMILIES,
     POSITION_FAMILIES,
@@ -33,6 +30,9 @@ from groundstation.telemetry import (
     flying_codes,
     latest_value_writers,
 )
+from groundstation.core.decoder import ApidColumns
+from groundstation.core.definitions import PacketDef, VehicleDictionary
+from groundstation.pipeline import Decoded
 
 __all__ = [
     "HISTORY_FAMILIES",

@@ -1,0 +1,1 @@
+"""What is made of decoded packets: live telemetry state, flights and their figures, history."""

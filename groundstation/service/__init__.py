@@ -1,0 +1,1 @@
+"""Running the ground station as a service: Prometheus collectors, embedded broker, children."""
