@@ -18,7 +18,7 @@ import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 
 from groundstation.config import Config, Overrides, load_config
-from groundstation.daemon import Daemon
+from groundstation.service.daemon import Daemon
 from tests.icd_packets import HELI_HK, hand_pack
 from tests.services import LOOPBACK, Mosquitto
 

@@ -80,7 +80,7 @@ def record_figures(section: str, key: str, figures: Mapping[str, Figure]) -> Non
 class ProcessSample:
     """One look at a process and its descendants in /proc (Linux), summed over the tree.
 
-    The daemon decodes in a child process (groundstation/pipeline.py), so its memory,
+    The daemon decodes in a child process (groundstation/consumers/decoding.py), so its memory,
     threads and descriptors are those of the whole tree. The peak is the sum of each
     process's own peak (VmHWM): an upper bound, since the peaks need not coincide.
     """

@@ -11,9 +11,9 @@ import pytest
 
 from groundstation.cli.replay import replay
 from groundstation.config import MqttVersion, Overrides, load_config
-from groundstation.daemon import running_daemon
 from groundstation.ingest.archive import ArchiveReader
 from groundstation.ingest.mqtt import STABLE_CONNECTION_S
+from groundstation.service.daemon import running_daemon
 from tests.daemon_support import (
     HK_BATTERY_VOLTAGE_V,
     HK_PER_ENVELOPE,

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from groundstation.daemon import running_daemon
+from groundstation.service.daemon import running_daemon
 from tests.daemon_support import counters, daemon_config, processed, publish, replay_summary
 from tests.daemon_support import scrape as scrape_metrics
 from tests.icd_packets import HELI_HK, hand_pack

@@ -14,7 +14,7 @@ from groundstation.simulators.run import SimulationOptions, simulate
 from groundstation.cli.replay import replay
 from groundstation.config import parse_broker_url
 from groundstation.core.decoder import RESULTS
-from groundstation.daemon import Daemon, running_daemon
+from groundstation.service.daemon import Daemon, running_daemon
 from tests.daemon_support import counters, daemon_config, processed, publish, scrape
 from tests.services import Mosquitto
 

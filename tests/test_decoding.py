@@ -11,10 +11,7 @@ import pytest
 
 from groundstation.cli.replay import counter_samples
 from groundstation.config import ArchiveConfig
-from groundstation.consumers.telemetry import Telemetry
-from groundstation.core.definitions import load_dictionaries
-from groundstation.daemon import running_daemon
-from groundstation.decoding import (
+from groundstation.consumers.decoding import (
     POSITION_FILE,
     DecodeConsumer,
     DecodeFollower,
@@ -23,6 +20,8 @@ from groundstation.decoding import (
     load_position,
     save_position,
 )
+from groundstation.consumers.telemetry import Telemetry
+from groundstation.core.definitions import load_dictionaries
 from groundstation.ingest.archive import (
     ArchiveReader,
     ArchiveRecord,
@@ -31,6 +30,7 @@ from groundstation.ingest.archive import (
     archive_end,
     framed_size,
 )
+from groundstation.service.daemon import running_daemon
 from tests.daemon_support import (
     HK_PER_ENVELOPE,
     daemon_config,

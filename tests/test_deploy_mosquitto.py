@@ -27,8 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from groundstation.config import ENV_PASSWORD, load_config
-from groundstation.daemon import running_daemon
 from groundstation.ingest.archive import ArchiveReader
+from groundstation.service.daemon import running_daemon
 from tests.daemon_support import envelope, hk_packet, processed, scrape
 from tests.services import LOOPBACK, Mosquitto, find_binary, free_port, wait_for_port
 

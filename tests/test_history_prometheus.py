@@ -28,8 +28,8 @@ from groundstation.config import HistoryConfig
 from groundstation.consumers.history.process import RESTART_DELAY_S, WRITER_NICENESS
 from groundstation.consumers.history.remote_write import Series, compress, encode_write_request
 from groundstation.consumers.history.writer import POSITION_FILE, Verdict, load_position, post
-from groundstation.daemon import running_daemon
 from groundstation.ingest.archive import ArchiveReader, list_segments
+from groundstation.service.daemon import running_daemon
 from tests.daemon_support import (
     HK_PER_ENVELOPE,
     REPO,

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from groundstation.consumers.history.samples import HistorySamples
+from groundstation.consumers.pipeline import Pipeline, batched
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.definitions import load_dictionaries
-from groundstation.pipeline import Pipeline, batched, check_payload
+from groundstation.core.envelope import check_payload
 from tests.icd_packets import HELI_HK, HELI_IMU, HELI_NAV, ROVER_NAV, hand_pack, time_of
 
 COARSE = 800_000_000

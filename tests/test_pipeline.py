@@ -13,22 +13,14 @@ from prometheus_client import CollectorRegistry
 
 from groundstation.cli.replay import counter_samples, packet_records
 from groundstation.config import ArchiveConfig
+from groundstation.consumers.pipeline import Pipeline, archived_arrivals, batched, resume_sequences
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.decoder import PacketDecoder
 from groundstation.core.definitions import load_dictionaries
-from groundstation.core.envelope import Envelope, Invalid
+from groundstation.core.envelope import Arrival, Envelope, Invalid, check_payload
 from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
 from groundstation.ingest.mqtt import backoff_delay_s
-from groundstation.pipeline import (
-    Arrival,
-    InvalidEnvelopeLog,
-    Pipeline,
-    RateLimitedWarnings,
-    archived_arrivals,
-    batched,
-    check_payload,
-    resume_sequences,
-)
+from groundstation.log import InvalidEnvelopeLog, RateLimitedWarnings
 from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 from tests.daemon_support import HK_PER_ENVELOPE, envelope, hk_packet
 from tests.icd_packets import HELI_HK, SCLK_EPOCH, hand_pack

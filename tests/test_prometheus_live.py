@@ -31,7 +31,7 @@ from groundstation.simulators.faults import FaultKind
 from groundstation.simulators.run import SimulationOptions, simulate
 
 from groundstation.config import Config, HistoryConfig, Overrides, load_config, parse_broker_url
-from groundstation.daemon import Daemon, running_daemon
+from groundstation.service.daemon import Daemon, running_daemon
 from tests.daemon_support import get, scrape
 from tests.services import LOOPBACK, find_binary, free_port
 from tests.test_deploy_mosquitto import (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from groundstation.decoding import POSITION_FILE
+from groundstation.consumers.decoding import POSITION_FILE
 from groundstation.ingest.archive import LOCK_NAME, ArchiveReader, list_segments
 from tests.reliability_support import (
     FAST_RECONNECT,

@@ -29,12 +29,12 @@ from groundstation.cli.timespan import parse_time
 from groundstation.config import ArchiveConfig
 from groundstation.consumers.flight_figure import draw_flight
 from groundstation.consumers.flights import find_flights, flight_summary, flight_view, lost_in
+from groundstation.consumers.pipeline import Pipeline, replay_archive
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.decoder import RESULTS
 from groundstation.core.definitions import load_dictionaries
-from groundstation.core.envelope import Envelope
+from groundstation.core.envelope import Envelope, check_payload
 from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, ArchiveWriter
-from groundstation.pipeline import Pipeline, check_payload, replay_archive
 
 T0 = 1_619_350_000.0  # 2021-04-25, the morning of flight 3
 FAULTS = (

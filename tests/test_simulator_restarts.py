@@ -16,10 +16,11 @@ from groundstation.simulators.run import Simulation, SimulationOptions
 
 from groundstation.cli.replay import counter_samples, replay
 from groundstation.config import ArchiveConfig
+from groundstation.consumers.pipeline import Pipeline, batched
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.definitions import load_dictionaries
+from groundstation.core.envelope import check_payload
 from groundstation.ingest.archive import ArchiveRecord, ArchiveWriter
-from groundstation.pipeline import Pipeline, batched, check_payload
 
 DICTIONARIES = load_dictionaries()
 T0 = 1_700_000_000.0

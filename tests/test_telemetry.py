@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
+from groundstation.consumers.pipeline import Pipeline
 from groundstation.consumers.telemetry import (
     MAX_RELAYS_PER_VEHICLE,
     MAX_UNKNOWN_APID_LABELS,
@@ -29,8 +30,8 @@ from groundstation.consumers.telemetry import (
 from groundstation.core.decoder import RESULTS, DecodeResult, PacketDecoder
 from groundstation.core.definitions import VehicleDictionary, load_dictionaries, parse_dictionary
 from groundstation.core.encoder import encode_packet, encode_packets
+from groundstation.core.envelope import Arrival, check_payload
 from groundstation.errors import DefinitionError
-from groundstation.pipeline import Arrival, Pipeline, check_payload
 from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 from tests.icd_packets import HELI_HK, hand_pack
 

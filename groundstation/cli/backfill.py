@@ -19,11 +19,11 @@ from groundstation.config import load_config
 from groundstation.consumers.history.openmetrics import openmetrics_lines
 from groundstation.consumers.history.samples import HistorySamples, SampleBatch, milliseconds
 from groundstation.consumers.history.writer import history_batch_bytes
+from groundstation.consumers.pipeline import Pipeline, replay_archive
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.definitions import load_dictionaries
 from groundstation.errors import ConfigError
 from groundstation.ingest.archive import ArchiveReader, list_segments
-from groundstation.pipeline import Pipeline, replay_archive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

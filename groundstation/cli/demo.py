@@ -21,8 +21,8 @@ from pathlib import Path
 
 from groundstation.cli.run import add_history_argument, first_error, options_named
 from groundstation.config import Config, Overrides, load_config
-from groundstation.daemon import Daemon
 from groundstation.service.broker import quiet_broker_logs
+from groundstation.service.daemon import Daemon
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from groundstation.cli.progress import archive_progress
 from groundstation.cli.run import add_history_argument
 from groundstation.config import Config, Overrides, load_config
 from groundstation.consumers.history.writer import HistoryWriter
+from groundstation.consumers.pipeline import Decoded, Pipeline, replay_archive
 from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
 from groundstation.core import records
 from groundstation.core.definitions import VehicleDictionary, load_dictionaries
 from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
 from groundstation.ingest.archive import ArchiveReader, ArchiveRecord, list_segments
-from groundstation.pipeline import Decoded, Pipeline, replay_archive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,12 +29,12 @@ from groundstation.consumers.flights import (
     flight_view,
     summary_document,
 )
+from groundstation.consumers.pipeline import Pipeline, replay_archive
 from groundstation.consumers.telemetry import Telemetry as TelemetryState
 from groundstation.core.definitions import load_dictionaries
 from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
 from groundstation.errors import ConfigError
 from groundstation.ingest.archive import ArchiveReader, list_segments
-from groundstation.pipeline import Pipeline, replay_archive
 
 logger = logging.getLogger(__name__)
 

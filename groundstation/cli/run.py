@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from groundstation.config import Config, Overrides, load_config
-from groundstation.daemon import Daemon
 from groundstation.errors import AddressInUseError, ConfigError, GroundstationError
 from groundstation.service.broker import quiet_broker_logs
+from groundstation.service.daemon import Daemon
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ inverse of unpacking, for the simulator and the tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeGuard
 from urllib.parse import quote_from_bytes
@@ -209,3 +209,49 @@ def pack_envelope(
     }
     payload: bytes = msgpack.packb(document, use_bin_type=True)
     return payload
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One received payload and its verdict: checked on arrival, and again when read back
+    from the archive (the verdict depends only on what the archive keeps)."""
+
+    topic: str
+    received_at: float
+    size: int  # payload bytes, for batches' byte bound
+    envelope: Envelope | Invalid
+    # The first received after a session takeover: the gaps before it went to the other
+    # client with our client id (sequence accounting counts them taken over, not lost).
+    after_takeover: bool = False
+
+
+def check_payload(
+    topic: str,
+    payload: bytes,
+    received_at: float,
+    *,
+    max_payload_bytes: int,
+    vehicles: Iterable[str],
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+    after_takeover: bool = False,
+) -> Arrival:
+    """Validate one payload (cheap msgpack unpack) into an Arrival; never raises.
+
+    The verdict depends only on the payload, the topic and `received_at`, which the archive
+    keeps: replay gives the same one."""
+    envelope: Envelope | Invalid | None = check_topic(topic)
+    if envelope is None:
+        envelope = unpack_envelope(
+            payload, max_payload_bytes=max_payload_bytes, vehicles=frozenset(vehicles)
+        )
+    if isinstance(envelope, Envelope):
+        envelope = check_arrival(
+            envelope, topic=topic, received_at=received_at, max_clock_skew_s=max_clock_skew_s
+        )
+    return Arrival(
+        topic=topic,
+        received_at=received_at,
+        size=len(payload),
+        envelope=envelope,
+        after_takeover=after_takeover,
+    )

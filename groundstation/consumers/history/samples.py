@@ -18,6 +18,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from groundstation.consumers.pipeline import Decoded
 from groundstation.consumers.telemetry import (
     FLIGHT_DISTANCE,
     HEALTH_FAMILIES,
@@ -32,7 +33,6 @@ from groundstation.consumers.telemetry import (
 )
 from groundstation.core.decoder import ApidColumns
 from groundstation.core.definitions import PacketDef, VehicleDictionary
-from groundstation.pipeline import Decoded
 
 __all__ = [
     "HISTORY_FAMILIES",

@@ -38,6 +38,7 @@ from groundstation.consumers.history.remote_write import (
     encode_write_request,
 )
 from groundstation.consumers.history.samples import HistorySamples, SampleBatch, SeriesKey
+from groundstation.consumers.pipeline import Pipeline, archived_arrivals, batched
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.definitions import VehicleDictionary
 from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
@@ -47,7 +48,6 @@ from groundstation.ingest.archive import (
     list_segments,
     write_atomically,
 )
-from groundstation.pipeline import Pipeline, archived_arrivals, batched
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext

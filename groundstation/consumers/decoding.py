@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
+from groundstation.consumers.pipeline import Pipeline, archived_arrivals, batched, resume_sequences
 from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
 from groundstation.core.decoder import PacketDecoder
 from groundstation.core.definitions import VehicleDictionary, load_dictionaries
@@ -43,7 +44,6 @@ from groundstation.ingest.archive import (
     tail_start,
     write_atomically,
 )
-from groundstation.pipeline import Pipeline, archived_arrivals, batched, resume_sequences
 from groundstation.service.child_process import start_as_child
 
 logger = logging.getLogger(__name__)

@@ -26,15 +26,15 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 
 from groundstation.config import Config
+from groundstation.consumers.decoding import DecodeFollower, DecodeSettings, DecodingProcess
 from groundstation.consumers.history.process import HistoryProcess, HistorySettings
 from groundstation.consumers.history.writer import HistoryCollector
 from groundstation.consumers.telemetry import LAST_RECEIVE_TIME, Telemetry
 from groundstation.core.definitions import load_dictionaries
-from groundstation.decoding import DecodeFollower, DecodeSettings, DecodingProcess
 from groundstation.errors import AddressInUseError
 from groundstation.ingest.archive import ArchiveWriter, directory_lock
 from groundstation.ingest.mqtt import Subscriber
-from groundstation.pipeline import ArchivingSink
+from groundstation.ingest.sink import ArchivingSink
 from groundstation.service.broker import embedded_broker
 from groundstation.service.metrics import PipelineStatus, TelemetryCollector
 
