@@ -471,8 +471,13 @@ def test_lag_after_a_restart_is_the_backlog(mosquitto: Mosquitto, tmp_path: Path
             asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(half))))
             until(lambda m: total(m, "gs_envelopes_total", result="ok") == half, "archived")
             until(lambda m: total(m, "gs_history_samples_total", result="ok") > 0, "written")
-            until(lambda m: total(m, "gs_history_lag_seconds") == 0.0, "caught up")
-            assert stored() == half * HK_PER_ENVELOPE
+            caught_up = until(lambda m: total(m, "gs_history_lag_seconds") == 0.0, "caught up")
+            assert total(caught_up, "gs_history_samples_total", result="rejected") == 0
+            deadline = time.monotonic() + 10
+            while (count := stored()) < half * HK_PER_ENVELOPE:
+                assert time.monotonic() < deadline, (count, caught_up, daemon.log_tail())
+                time.sleep(0.1)
+            assert count == half * HK_PER_ENVELOPE
             server.stop()
             time.sleep(1.0)  # the backlog's receive times lie after the position's
             asyncio.run(publish(mosquitto.port, (envelope(seq) for seq in range(half, 2 * half))))
