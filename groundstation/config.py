@@ -27,7 +27,7 @@ MQTT_MAX_RECEIVE_MAXIMUM: Final = 65535  # MQTT 5 section 3.1.2.11.3: a two-byte
 MQTT_MAX_SESSION_EXPIRY_S: Final = 2**32 - 1  # MQTT 5 section 3.1.2.11.2: never expires
 MQTT_MAX_KEEPALIVE_S: Final = 65535
 
-# Environment variables: secrets never live in the config file (STYLE.md habit 1).
+# Environment variables: secrets never live in the config file.
 ENV_USERNAME: Final = "GROUNDSTATION_MQTT_USERNAME"
 ENV_PASSWORD: Final = "GROUNDSTATION_MQTT_PASSWORD"
 ENV_KEY_PASSWORD: Final = "GROUNDSTATION_MQTT_KEY_PASSWORD"
