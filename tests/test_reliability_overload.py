@@ -1,7 +1,8 @@
 """Slow consumer (docs/reliability.md, item 6): memory stays bounded, the broker holds the rest.
 
-The daemon's in-flight window (MQTT 5 Receive Maximum) and its bounded ingest queue are
-the only buffers inside it (groundstation/ingest/mqtt.py docstring): under overload the backlog
+The daemon's in-flight window (MQTT 5 Receive Maximum) and its inbox are the only
+buffers inside it (groundstation/ingest/mqtt.py docstring; the decoder's backlog is in the
+archive): under overload the backlog
 must grow at the broker, visible in Mosquitto's `$SYS/broker/store/messages/count`, and
 nothing may be dropped inside.
 
@@ -70,7 +71,7 @@ async def watch_broker_store(port: int, seen: list[int]) -> None:
 
 
 async def sample_daemon(daemon: DaemonProcess, samples: list[tuple[ProcessSample, float]]) -> None:
-    """Every 0.5 s: the daemon's /proc figures and its ingest queue depth (unless stopped)."""
+    """Every 0.5 s: the daemon's /proc figures and its decoder backlog (unless stopped)."""
     while True:
         metrics = await asyncio.to_thread(daemon.scrape)
         samples.append((daemon.sample(), total(metrics, "gs_ingest_queue_depth")))
@@ -107,7 +108,8 @@ async def test_overload_keeps_memory_bounded_and_the_backlog_at_the_broker(
        envelopes (50 HELI_IMU packets each) at once: the rate it drains them at is its
        sustainable rate R.
     2. Publish at 10 R for the overload period, watching the broker's stored-message
-       count, the daemon's RSS and peak RSS (VmHWM) and its ingest queue depth.
+       count, the daemon's RSS and peak RSS (VmHWM) and its decoder backlog
+       (gs_ingest_queue_depth).
     3. Stop publishing and throttling; wait for the daemon to drain the broker's backlog.
     4. Nothing is missing from the archive, nothing is counted lost; the broker's store
        grew (backpressure at the broker) while the daemon's queue stayed within its bound.

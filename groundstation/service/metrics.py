@@ -133,7 +133,7 @@ class PipelineStatus:
     mqtt_connected: bool
     reconnects_total: int
     queue_depth: int
-    archive_damaged_records: int = 0  # found by the start-up resume scan
+    archive_damaged_records: int = 0  # found by the decoding consumer
     archive_damaged_bytes: int = 0
     session_takeovers_total: int = 0
     archive_write_failing: bool = False
