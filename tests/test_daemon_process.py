@@ -67,16 +67,23 @@ def archived_seqs(archive: Path) -> collections.Counter[int]:
 def finish_with_second_daemon(mosquitto: Mosquitto, workdir: Path) -> float:
     """Restart with the same client id and archive; wait until all is archived and decoded.
 
-    Returns the duplicate packets the second daemon counted."""
+    The second daemon decodes what it archives, and first what the first one archived
+    after its last saved decode position (after a kill -9). Returns the duplicate packets
+    the second daemon counted."""
     daemon = new_daemon(mosquitto, workdir)
     archived_before = sum(archived_seqs(daemon.archive_dir).values())
     with running_daemon(daemon):
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while True:
+            assert time.monotonic() < deadline, daemon.log_tail()
             seqs = archived_seqs(daemon.archive_dir)
             samples = daemon.scrape()
             decoded = total(samples, "gs_envelopes_total", result="ok", vehicle="ingenuity")
-            if len(seqs) == ENVELOPES and decoded == sum(seqs.values()) - archived_before:
+            if (
+                len(seqs) == ENVELOPES
+                and total(samples, "gs_ingest_queue_depth") == 0
+                and decoded >= sum(seqs.values()) - archived_before
+            ):
                 break
             time.sleep(0.05)
         daemon.stop()
