@@ -521,7 +521,7 @@ def _rewrite_counts(stream: PacketStream, boot_count: Int64s) -> PacketStream:
         rows = data[at]
         rows[:, 2] = 0xC0 | (wire[which] >> 8)  # sequence flags 0b11, then the count
         rows[:, 3] = wire[which] & 0xFF
-        check = crc16_rows(np.ascontiguousarray(rows[:, : length - 2]))
+        check = crc16_rows(rows[:, : length - 2])
         rows[:, length - 2] = check >> 8
         rows[:, length - 1] = check & 0xFF
         data[at] = rows

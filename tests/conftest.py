@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import groundstation.core.decoder  # noqa: F401 - registers the decoder's compiled loops
+from groundstation.core.compiled import compile_all
 from tests.services import Mosquitto, running_mosquitto
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -21,6 +23,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI=true makes skips failures): {report.longrepr}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the decoder's loops before any test: the first compilation on a machine
+    takes seconds, which would otherwise fall into one test's hypothesis deadline."""
+    compile_all()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""CRC-16/CCITT-FALSE: the check vector, and the vectorised form against the scalar one."""
+"""CRC-16/CCITT-FALSE: the check vector, and the compiled form against the scalar one."""
 
 from __future__ import annotations
 
@@ -52,15 +52,14 @@ def test_rows_of_strided_views(data: bytes, step: int, width: int) -> None:
     assert crc16_rows(rows).tolist() == [crc16(bytes(row)) for row in rows]
 
 
-def test_rows_across_chunk_boundaries() -> None:
-    """Many rows (more than one internal chunk) of odd width all match the scalar CRC."""
+def test_many_rows_of_odd_width() -> None:
+    """Many rows of a width with an odd byte after the 8-byte steps match the scalar CRC."""
     rows = np.random.default_rng(7).integers(0, 256, size=(40_000, 5), dtype=np.uint8)
     assert crc16_rows(rows).tolist() == [crc16(row.tobytes()) for row in rows]
 
 
-def test_packet_wide_rows_across_chunk_and_block_boundaries() -> None:
-    """HELI_IMU-wide rows (134 bytes): more than one chunk, neither a whole number of the
-    transposition's blocks, all match the scalar CRC."""
+def test_packet_wide_rows() -> None:
+    """HELI_IMU-wide rows (134 bytes: sixteen 8-byte steps and 6 bytes) match the scalar CRC."""
     rows = np.random.default_rng(8).integers(0, 256, size=(9_000, 134), dtype=np.uint8)
     assert crc16_rows(rows).tolist() == [crc16(row.tobytes()) for row in rows]
 

@@ -16,7 +16,6 @@ from groundstation.core.decoder import (
     RESULTS,
     DecodeResult,
     PacketDecoder,
-    _chained,
     _gather,
 )
 from groundstation.core.definitions import (
@@ -271,38 +270,6 @@ def test_split_finds_what_a_header_by_header_walk_finds(case: tuple[str, list[by
         for entry in walk_one_by_one(DICTIONARIES[vehicle], buffer)
     ]
     assert found == expected
-
-
-@st.composite
-def header_graphs(draw: st.DrawFn) -> tuple[Any, Any, Any]:
-    """The walk's node graph: node i leads to i + 1 (a step) or jumps ahead, or ends."""
-    count = draw(st.integers(0, 60))
-    step = np.array(
-        draw(st.lists(st.booleans(), min_size=max(count - 1, 0), max_size=max(count - 1, 0))),
-        dtype=np.bool_,
-    )
-    jump = np.array(
-        [draw(st.integers(i + 1, count)) for i in range(count)] + [count], dtype=np.int64
-    )
-    entries = np.array(
-        sorted(draw(st.sets(st.integers(0, max(count - 1, 0)))) if count else []), dtype=np.int64
-    )
-    return step, jump, entries
-
-
-@given(header_graphs())
-def test_runs_of_steps_mark_the_nodes_that_following_one_by_one_reaches(
-    graph: tuple[Any, Any, Any],
-) -> None:
-    step, jump, entries = graph
-    count = jump.shape[0] - 1
-    reached = set()
-    for entry in entries.tolist():
-        node = entry
-        while node < count and node not in reached:
-            reached.add(node)
-            node = node + 1 if node < count - 1 and step[node] else int(jump[node])
-    assert np.flatnonzero(_chained(step, jump, entries)).tolist() == sorted(reached)
 
 
 @given(st.binary(min_size=1, max_size=300), st.data())

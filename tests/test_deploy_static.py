@@ -558,7 +558,8 @@ def _systemd_unit() -> configparser.ConfigParser:
 
 def test_systemd_unit_has_the_required_directives() -> None:
     """Dedicated user, StateDirectory, NoNewPrivileges, ProtectSystem=strict, PrivateTmp,
-    restart on failure, and SIGTERM with a stop timeout longer than the daemon's drain."""
+    restart on failure, a cache directory for the compiled decoder loops, and SIGTERM with
+    a stop timeout longer than the daemon's drain."""
     service = _systemd_unit()["Service"]
     assert service["User"] == "groundstation"
     assert service["StateDirectory"] == "groundstation"
@@ -568,6 +569,10 @@ def test_systemd_unit_has_the_required_directives() -> None:
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM"
     assert service["ExecStart"].split()[1:3] == ["run", "--config"]
+    # The compiled decoder loops are cached where the service may write.
+    assert service["CacheDirectory"] == "groundstation"
+    unit_text = (DEPLOY / "systemd" / "groundstation.service").read_text()
+    assert "Environment=NUMBA_CACHE_DIR=/var/cache/groundstation/" in unit_text
     stop_timeout_s = float(service["TimeoutStopSec"].removesuffix("s"))
     example = tomllib.loads((DEPLOY / "groundstation.example.toml").read_text())
     drain_s = max(example["ingest"]["shutdown_timeout_s"], IngestConfig().shutdown_timeout_s)

@@ -33,6 +33,7 @@ from typing import Final, TypeVar
 
 from groundstation.consumers.pipeline import Pipeline, archived_arrivals, batched, resume_sequences
 from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
+from groundstation.core.compiled import compile_all
 from groundstation.core.decoder import PacketDecoder
 from groundstation.core.definitions import VehicleDictionary, load_dictionaries
 from groundstation.ingest.archive import (
@@ -258,6 +259,7 @@ _consumer: DecodeConsumer | None = None
 def _child_start(settings: DecodeSettings) -> None:
     global _consumer  # noqa: PLW0603 - one consumer per child process
     start_as_child()  # the parent stops it once it has drained
+    compile_all()  # before the first batch, which would otherwise wait for it
     _consumer = DecodeConsumer(settings, load_dictionaries())
 
 

@@ -4,13 +4,15 @@ Pure (no logging, clock, files or asyncio): everything found is returned as data
 steps, in the order docs/interfaces.md fixes (ICD sections 3, 4 and 6):
 
 1. split each buffer into packets. Buffers that hold one fixed-length APID (the usual
-   case) are split with no per-packet Python loop: each first header gives the length, the
+   case) are split with no per-packet loop: each first header gives the length, the
    buffers are viewed as (n, L), and all headers are checked against the first at once.
-   Other buffers are walked header by header, and all their headers then checked at once.
-   A structural fault ends its buffer in one `malformed` entry (the tail);
-2. verify every packet's CRC at once: packets of equal length form one (n, L) array, a
-   zero-copy strided view when they lie back to back. The CRC of a packet including its
-   big-endian CRC field is zero exactly when the CRC matches (see groundstation.core.crc);
+   Other buffers are walked header by header, each found by the one before's length, in
+   a compiled loop (groundstation.core.compiled). A structural fault ends its buffer in
+   one `malformed` entry (the tail);
+2. verify every packet's CRC: packets of equal length form one (n, L) array, a zero-copy
+   strided view when they lie back to back, and a compiled loop checks its rows. The CRC
+   of a packet including its big-endian CRC field is zero exactly when the CRC matches
+   (see groundstation.core.crc);
 3. unknown APIDs; with the envelopes' `ert`, packets dated after it (`clock_error`); the
    entries of redelivered envelopes (`duplicate`); then sequence accounting per APID
    (groundstation.core.sequence) of the CRC-valid packets that remain, keyed by packet time;
@@ -22,8 +24,9 @@ then calibrates only the rows selected: the daemon reads one row of most APIDs a
 newest second of IMU samples, so converting every sample would be wasted work.
 
 For large inputs the CRC (step 2) runs on a helper thread while this thread reads the
-headers and calibrates (step 4, optimistically, for all packets of each APID): numpy
-releases the GIL in both, so the two cores share the work. Results do not depend on it.
+headers and calibrates (step 4, optimistically, for all packets of each APID): the
+compiled CRC and numpy release the GIL, so the two cores share the work. Results do not
+depend on it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from groundstation.core.ccsds import (
     SEQ_FLAGS_MASK,
     SEQ_FLAGS_UNSEGMENTED,
 )
+from groundstation.core.compiled import compiled
 from groundstation.core.crc import crc16_rows
 from groundstation.core.definitions import NUMERIC_TYPES, FieldDef, PacketDef, VehicleDictionary
 from groundstation.core.encoder import packet_time
@@ -94,8 +98,9 @@ MIN_PACKET_BYTES: Final = HEADER_BYTES + CRC_BYTES
 _NO_APID: Final = -1
 _NOTHING: Final = np.zeros(0, dtype=np.intp)
 
-# Measured: the helper thread breaks even at about 1.3 MiB of packets and gains 20-60 %
-# from 2 MiB on (two idle cores); below that its start-up and GIL hand-overs cost more.
+# The helper thread gains 15-30 % on the decoder benchmark's inputs of 2 MiB and more
+# (eager, two idle cores); smaller batches stay on one thread, where its start-up and the
+# GIL hand-overs would cost more than the CRC it takes over.
 _THREADED_MIN_BYTES: Final = 1 << 21
 # Header bytes 0-7 as one big-endian u64: packet id, sequence flags and data length must
 # equal the first header's in a buffer of one APID; the count and SCLK may differ.
@@ -247,7 +252,7 @@ class _Chains:
     offset: NDArray[np.int64]
     length: NDArray[np.int64]
     apid: NDArray[np.int32]
-    owner_rank: NDArray[np.intp]  # the packet's buffer, as a rank among the walked ones
+    owner_rank: NDArray[np.int64]  # the packet's buffer, as a rank among the walked ones
     tail_start: NDArray[np.int64]  # one per walked buffer
 
 
@@ -850,76 +855,18 @@ class PacketDecoder:
     def _follow_lengths(
         self, data: NDArray[np.uint8], starts: NDArray[np.int64], ends: NDArray[np.int64]
     ) -> _Chains:
-        """Each buffer's chain of sound headers, each found by the previous one's length.
-
-        A Python loop over the length fields took half the decode time of a mixed stream;
-        instead every byte that can start a sound header (ICD section 3: version 0,
-        telemetry, secondary header, unsegmented; a length its APID allows) is a node
-        pointing at the header its length leads to, and the chains from the buffers' starts
-        are collected a run of consecutive headers at a time (`_chained`).
-        """
-        low, high = int(starts.min()), int(ends.max())
-        span = data[low:high]
-        positions = max(0, span.shape[0] - PRIMARY_HEADER_BYTES + 1)
-        # Bytes 0 and 2 of a sound header: the fixed packet-id bits, and "unsegmented",
-        # which is both sequence-flag bits set (the top two of byte 2: one comparison).
-        possible = (span[:positions] & PACKET_ID_FIXED_MASK >> 8) == PACKET_ID_FIXED >> 8
-        possible &= span[2 : 2 + positions] >= SEQ_FLAGS_UNSEGMENTED >> 8
-        candidate = np.flatnonzero(possible).astype(np.int64, copy=False)
-        if low:
-            candidate += low
-        # A candidate's buffer: the last whose start is at or before it. Both are sorted, so
-        # the buffers' starts are searched among the candidates (a few hundred searches,
-        # not one per candidate). Empty buffers get none; gaps belong to no walked buffer
-        # and are dropped with the headers that overrun their buffer.
-        first = np.searchsorted(candidate, starts, side="left")
-        rank = np.repeat(np.arange(starts.shape[0]), np.diff(first, append=candidate.shape[0]))
-        inside = candidate + PRIMARY_HEADER_BYTES <= ends[rank]
-        candidate, rank = candidate[inside], rank[inside]
-        # The scan checked bytes 0 and 2; the APID (bytes 0-1) and the length (4-5) remain.
-        words = _header_words(data, candidate)
-        apid = (words[:, 0] & APID_MASK).astype(np.int64)
-        length = words[:, 2].astype(np.int64) + PACKET_LENGTH_OFFSET
-        following = candidate + length
-        good = (
-            (length >= self._min_length[apid])
-            & (length <= self._max_length[apid])
-            & (following <= ends[rank])
-        )
-        node, following, node_rank = candidate[good], following[good], rank[good]
-        node_length, node_apid = length[good], apid[good]
-        count = node.shape[0]
-        # Node i leads to the node at its following header. Usually that is the next node
-        # (step[i]); jump[i] holds the others, found by a binary search, or `count` where
-        # the chain ends. A chain ending exactly at its buffer's end must not run on into
-        # the next buffer.
-        step = (node[1:] == following[:-1]) & (node_rank[1:] == node_rank[:-1])
-        jump = np.full(count + 1, count, dtype=np.int64)
-        elsewhere = np.flatnonzero(~step)
-        if count:
-            elsewhere = np.append(elsewhere, count - 1)
-        at = np.searchsorted(node, following[elsewhere])
-        found = at < count
-        found[found] = (node[at[found]] == following[elsewhere[found]]) & (
-            node_rank[at[found]] == node_rank[elsewhere[found]]
-        )
-        jump[elsewhere[found]] = at[found]
-        at_start = np.searchsorted(node, starts)
-        on_chain = at_start < count
-        # An empty buffer shares its start with the next one: a chain must be its own.
-        on_chain[on_chain] = (node[at_start[on_chain]] == starts[on_chain]) & (
-            node_rank[at_start[on_chain]] == np.flatnonzero(on_chain)
-        )
-        chain = np.flatnonzero(_chained(step, jump, at_start[on_chain]))
-        owner_rank = node_rank[chain]
-        tail_start = starts.copy()
-        if chain.shape[0]:
-            last = np.flatnonzero(np.append(owner_rank[1:] != owner_rank[:-1], True))
-            tail_start[owner_rank[last]] = following[chain[last]]
+        """Each buffer's chain of sound headers, each found by the previous one's length:
+        counted first, then written into arrays of that size."""
+        tail_start = np.empty(starts.shape[0], dtype=np.int64)
+        bounds = (data, starts, ends, self._min_length, self._max_length)
+        count = _follow_headers(*bounds, np.zeros((4, 0), dtype=np.int64), tail_start)
+        packets = np.empty((4, count), dtype=np.int64)
+        _follow_headers(*bounds, packets, tail_start)
+        offset, length, apid, owner_rank = packets
         return _Chains(
-            offset=node[chain],
-            length=node_length[chain],
-            apid=node_apid[chain].astype(np.int32),
+            offset=offset,
+            length=length,
+            apid=apid.astype(np.int32),
             owner_rank=owner_rank,
             tail_start=tail_start,
         )
@@ -954,44 +901,50 @@ class PacketDecoder:
         return _merge(packets, tails)
 
 
-def _chained(
-    step: NDArray[np.bool_], jump: NDArray[np.int64], entries: NDArray[np.int64]
-) -> NDArray[np.bool_]:
-    """Which of the nodes the chains from `entries` pass through.
-
-    Node i leads to node i + 1 where step[i], else to jump[i] (`count`: the chain ends).
-    Nearly every node is on a chain, in long runs of steps (measured: 99 % of the
-    candidate headers of a mixed batch). So only the nodes where a chain enters a run are
-    followed (its first node, or where a run's last node leads), by pointer doubling over
-    those few, and each entry marks its run up to the run's end.
-    """
-    count = jump.shape[0] - 1
-    if count == 0 or entries.shape[0] == 0:
-        return np.zeros(count, dtype=np.bool_)
-    is_last = np.append(~step, True)
-    position = np.arange(count, dtype=np.int64)
-    # run_end[i]: the last node of the run holding node i (the first run end at or after i).
-    run_end = np.minimum.accumulate(np.where(is_last, position, count)[::-1])[::-1]
-    leads_to = jump[:count][is_last]
-    entry = np.unique(np.concatenate((entries, leads_to[leads_to < count])))
-    # Where a chain goes after the run it entered: another entry, or nowhere (`none`).
-    after = jump[run_end[entry]]
-    none = entry.shape[0]
-    step_to = np.full(none + 1, none, dtype=np.int64)
-    step_to[:-1] = np.where(after < count, np.searchsorted(entry, after), none)
-    reached = np.searchsorted(entry, entries)  # the first 2**level entries of every chain
-    while True:
-        ahead = step_to[reached]
-        ahead = ahead[ahead < none]
-        if ahead.shape[0] == 0:
-            break
-        reached = np.concatenate((reached, ahead))
-        step_to = step_to[step_to]
-    # Each reached entry marks its run: +1 where it starts, -1 after its end.
-    first, last = entry[reached], run_end[entry[reached]]
-    marks = np.bincount(first, minlength=count + 1) - np.bincount(last + 1, minlength=count + 1)
-    chained: NDArray[np.bool_] = np.cumsum(marks[:count]) > 0
-    return chained
+@compiled(
+    "int64(Array(uint8, 1, 'C', readonly=True), Array(int64, 1, 'C', readonly=True),"
+    " Array(int64, 1, 'C', readonly=True), Array(int64, 1, 'C', readonly=True),"
+    " Array(int64, 1, 'C', readonly=True), Array(int64, 2, 'C'), Array(int64, 1, 'C'))"
+)
+def _follow_headers(  # noqa: PLR0917 - compiled code takes its arrays by position
+    data: NDArray[np.uint8],
+    starts: NDArray[np.int64],
+    ends: NDArray[np.int64],
+    min_length: NDArray[np.int64],
+    max_length: NDArray[np.int64],
+    packets: NDArray[np.int64],
+    tail_start: NDArray[np.int64],
+) -> int:
+    """Follow each buffer's headers from its start while they are sound (ICD section 3:
+    version 0, telemetry, secondary header, unsegmented, and a length its APID allows that
+    ends inside the buffer); `tail_start[b]` is where buffer b's chain stops, its end when
+    every byte is in a packet. Returns how many packets there are, and writes as many as
+    `packets` (rows: offset, length, APID, buffer) has columns for."""
+    found = 0
+    capacity = packets.shape[1]
+    for buffer in range(starts.shape[0]):
+        at = starts[buffer]
+        end = ends[buffer]
+        while at + PRIMARY_HEADER_BYTES <= end:
+            packet_id = np.int64(data[at]) << 8 | np.int64(data[at + 1])
+            sequence_flags = np.int64(data[at + 2]) << 8 & SEQ_FLAGS_MASK
+            if (packet_id & PACKET_ID_FIXED_MASK) != PACKET_ID_FIXED:
+                break
+            if sequence_flags != SEQ_FLAGS_UNSEGMENTED:
+                break
+            apid = packet_id & APID_MASK
+            size = (np.int64(data[at + 4]) << 8 | np.int64(data[at + 5])) + PACKET_LENGTH_OFFSET
+            if size < min_length[apid] or size > max_length[apid] or at + size > end:
+                break
+            if found < capacity:
+                packets[0, found] = at
+                packets[1, found] = size
+                packets[2, found] = apid
+                packets[3, found] = buffer
+            found += 1
+            at += size
+        tail_start[buffer] = at
+    return found
 
 
 def _drop_rejected(
@@ -1072,8 +1025,7 @@ def _beside(
 
 def _header_words(data: NDArray[np.uint8], offsets: NDArray[np.int64]) -> NDArray[np.uint16]:
     """The three big-endian 16-bit words of the primary headers at the given offsets, as
-    (n, 3), in one gather; callers widen only the words they use (the walk runs this on
-    every candidate header of a mixed batch)."""
+    (n, 3), in one gather; callers widen only the words they use."""
     if offsets.shape[0] == 0:
         return np.zeros((0, 3), dtype=">u2")
     words: NDArray[np.uint16] = _gather(data, offsets, PRIMARY_HEADER_BYTES).view(">u2")
