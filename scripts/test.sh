@@ -17,4 +17,6 @@ if [ -d deploy/prometheus ]; then
   bash scripts/check-deploy.sh
 fi
 echo "== pytest"
-python -m pytest -m "not slow" "$@"
+# One worker per core (at most 4): the tests start their own brokers and daemons on free
+# ports and temporary directories, so they run side by side.
+python -m pytest -m "not slow" -n auto --maxprocesses 4 "$@"

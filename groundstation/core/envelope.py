@@ -10,7 +10,7 @@ inverse of unpacking, for the simulator and the tests.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, Literal, TypeGuard
 from urllib.parse import quote_from_bytes
@@ -231,7 +231,7 @@ def check_payload(
     received_at: float,
     *,
     max_payload_bytes: int,
-    vehicles: Iterable[str],
+    vehicles: Collection[str],
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
     after_takeover: bool = False,
 ) -> Arrival:
@@ -241,9 +241,7 @@ def check_payload(
     keeps: replay gives the same one."""
     envelope: Envelope | Invalid | None = check_topic(topic)
     if envelope is None:
-        envelope = unpack_envelope(
-            payload, max_payload_bytes=max_payload_bytes, vehicles=frozenset(vehicles)
-        )
+        envelope = unpack_envelope(payload, max_payload_bytes=max_payload_bytes, vehicles=vehicles)
     if isinstance(envelope, Envelope):
         envelope = check_arrival(
             envelope, topic=topic, received_at=received_at, max_clock_skew_s=max_clock_skew_s
