@@ -30,7 +30,7 @@ steady part of its drain, from the moment a fifth of the messages are through to
 last (`SUSTAINED_FROM`): connecting and the daemon's warm-up (first small batches, fresh
 pages) stay out of it. The whole drain's rate is printed beside it. The daemon's
 crossing times are interpolated between scrapes; bare aiomqtt's are when its client
-received the messages (`ArrivalClock`), not when the loop consumed them.
+received the messages (`arrival_clock`), not when the loop consumed them.
 
 Run: `python -m benchmarks.bench_end_to_end` (about eight minutes; --history, about
 nine; --help for sizes).
@@ -53,7 +53,6 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import aiomqtt
 from groundstation.simulators.run import Simulation, SimulationOptions
@@ -147,8 +146,9 @@ def make_stream(name: str, *, mix: Mapping[str, float], messages: int) -> Stream
 MQTT_VERSIONS = ("3.1.1", "5")
 
 
-class ArrivalClock(asyncio.Queue[aiomqtt.Message]):
-    """aiomqtt's message queue, noting when the client received each message.
+def arrival_clock(received_at: list[float]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """An aiomqtt message queue type (its `queue_type`) that notes in `received_at` when the
+    client received each message.
 
     The `async for` consumer lags the socket reader: the reader parses for as long as
     data is there and the queue (unbounded) absorbs the backlog, then the consumer empties
@@ -156,18 +156,20 @@ class ArrivalClock(asyncio.Queue[aiomqtt.Message]):
     the reception clock is the one to compare with the daemon's.
     """
 
-    def __init__(self, maxsize: int = 0) -> None:
-        super().__init__(maxsize)
-        self.received_at: list[float] = []
+    class ArrivalClock(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            received_at.append(time.perf_counter())
+            super().put_nowait(item)
 
-    def put_nowait(self, item: aiomqtt.Message) -> None:
-        self.received_at.append(time.perf_counter())
-        super().put_nowait(item)
+    return ArrivalClock
 
 
-def bare_client(port: int, client_id: str, mqtt_version: str) -> aiomqtt.Client:
+def bare_client(
+    port: int, client_id: str, mqtt_version: str, received_at: list[float] | None = None
+) -> aiomqtt.Client:
     """A persistent-session client: clean_session off (3.1.1), or clean start off plus a
-    session expiry (5), as the daemon's."""
+    session expiry (5), as the daemon's; with `received_at`, it notes its arrival times."""
+    queue_type = arrival_clock(received_at if received_at is not None else [])
     if mqtt_version == "5":
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 3600
@@ -178,10 +180,10 @@ def bare_client(port: int, client_id: str, mqtt_version: str) -> aiomqtt.Client:
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
             properties=properties,
-            queue_type=ArrivalClock,
+            queue_type=queue_type,
         )
     return aiomqtt.Client(
-        LOOPBACK, port, identifier=client_id, clean_session=False, queue_type=ArrivalClock
+        LOOPBACK, port, identifier=client_id, clean_session=False, queue_type=queue_type
     )
 
 
@@ -260,15 +262,14 @@ def bench_mosquitto_sub(port: int, stream: Stream, client_id: str) -> Result:
 async def bench_aiomqtt(port: int, stream: Stream, client_id: str, mqtt_version: str) -> Result:
     total = len(stream.messages)
     received = 0
+    arrivals: list[float] = []
     started = time.perf_counter()
-    async with bare_client(port, client_id, mqtt_version) as client:
+    async with bare_client(port, client_id, mqtt_version, arrivals) as client:
         await client.subscribe(TOPIC_FILTER, qos=1)
         async for _ in client.messages:
             received += 1
             if received == total:
                 break
-        # aiomqtt keeps the queue it built from queue_type as `_queue` (private).
-        arrivals = cast(ArrivalClock, client._queue).received_at
     finished = time.perf_counter()
     return Result(
         f"bare aiomqtt {mqtt_version}",

@@ -15,7 +15,7 @@ def test_a_loop_without_a_writable_cache_is_compiled_in_memory() -> None:
     """A function numba cannot cache (here: one with no source file, as when no cache
     directory is writable) still compiles, and computes what the Python function does."""
     namespace: dict[str, Any] = {}
-    exec(  # noqa: S102 - a function with no file behind it, on purpose
+    exec(  # a function with no file behind it, on purpose
         "def total(values):\n"
         "    sum = 0\n"
         "    for value in values:\n"
