@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
-from groundstation.consumers.pipeline import Pipeline, archived_arrivals, batched, resume_sequences
+from groundstation.consumers.pipeline import Pipeline, archived_batches, resume_sequences
 from groundstation.consumers.telemetry import Telemetry, TelemetrySnapshot
 from groundstation.core.compiled import compile_all
 from groundstation.core.decoder import PacketDecoder
@@ -131,7 +131,6 @@ class DecodeConsumer:
             decoders=decoders,
             max_clock_skew_s=settings.max_clock_skew_s,
         )
-        self._vehicles = frozenset(dictionaries)
         chunk_bytes = (
             max(settings.batch_max_bytes, settings.max_payload_bytes) + _RECORD_OVERHEAD_BYTES
         )
@@ -169,14 +168,13 @@ class DecodeConsumer:
     def advance(self, until: LogPosition) -> Progress:
         """Decode the next chunk of records before `until` (none if there is none)."""
         records = self.cursor.read(until)
-        arrivals = archived_arrivals(
+        for batch in archived_batches(
             records,
             max_payload_bytes=self._settings.max_payload_bytes,
-            vehicles=self._vehicles,
+            vehicles=self.pipeline.decoders,
+            batch_size=self._settings.batch_max_envelopes,
+            batch_max_bytes=self._settings.batch_max_bytes,
             max_clock_skew_s=self._settings.max_clock_skew_s,
-        )
-        for batch in batched(
-            arrivals, self._settings.batch_max_envelopes, max_bytes=self._settings.batch_max_bytes
         ):
             self.pipeline.process(batch)
         self.records_read += len(records)

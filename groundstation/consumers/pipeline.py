@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,21 +107,40 @@ def archived_arrivals(
     records: Iterable[ArchiveRecord],
     *,
     max_payload_bytes: int,
-    vehicles: Iterable[str],
+    vehicles: Collection[str],
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
 ) -> Iterator[Arrival]:
     """Archive records re-validated exactly as they were on arrival (at their receive time)."""
-    names = frozenset(vehicles)
     for record in records:
         yield check_payload(
             record.topic,
             record.payload,
             record.received_at,
             max_payload_bytes=max_payload_bytes,
-            vehicles=names,
+            vehicles=vehicles,
             max_clock_skew_s=max_clock_skew_s,
             after_takeover=record.after_takeover,
         )
+
+
+def archived_batches(
+    records: Iterable[ArchiveRecord],
+    *,
+    max_payload_bytes: int,
+    vehicles: Collection[str],
+    batch_size: int,
+    batch_max_bytes: int | None = None,
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+) -> Iterator[list[Arrival]]:
+    """Archive records re-validated (`archived_arrivals`), in batches as `batched` makes
+    them: how every reader of the archive feeds a Pipeline or the decoders."""
+    arrivals = archived_arrivals(
+        records,
+        max_payload_bytes=max_payload_bytes,
+        vehicles=vehicles,
+        max_clock_skew_s=max_clock_skew_s,
+    )
+    return batched(arrivals, batch_size, max_bytes=batch_max_bytes)
 
 
 def replay_archive(
@@ -135,14 +154,15 @@ def replay_archive(
 ) -> Iterator[Decoded]:
     """Archive records through `pipeline` in arrival order, invalid envelopes logged: the
     one replay path (`groundstation replay`, `report`, `backfill`)."""
-    arrivals = archived_arrivals(
+    log_invalid = InvalidEnvelopeLog()
+    for batch in archived_batches(
         records,
         max_payload_bytes=max_payload_bytes,
         vehicles=pipeline.decoders,
+        batch_size=batch_size,
+        batch_max_bytes=batch_max_bytes,
         max_clock_skew_s=max_clock_skew_s,
-    )
-    log_invalid = InvalidEnvelopeLog()
-    for batch in batched(arrivals, batch_size, max_bytes=batch_max_bytes):
+    ):
         for arrival in batch:
             log_invalid(arrival)
         yield from pipeline.process(batch)
@@ -182,13 +202,13 @@ def resume_sequences(
     broker redelivers (we archived them, the ack was lost) must still count as duplicates.
     """
     envelopes = 0
-    arrivals = archived_arrivals(
+    for batch in archived_batches(
         records,
         max_payload_bytes=max_payload_bytes,
         vehicles=decoders,
+        batch_size=batch_size,
         max_clock_skew_s=max_clock_skew_s,
-    )
-    for batch in batched(arrivals, batch_size):
+    ):
         by_vehicle: dict[str, list[Envelope]] = {}
         for arrival in batch:
             if isinstance(arrival.envelope, Envelope):

@@ -19,7 +19,7 @@ import random
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
@@ -38,10 +38,10 @@ from groundstation.consumers.history.remote_write import (
     encode_write_request,
 )
 from groundstation.consumers.history.samples import HistorySamples, SampleBatch, SeriesKey
-from groundstation.consumers.pipeline import Pipeline, archived_arrivals, batched
+from groundstation.consumers.pipeline import Pipeline, archived_batches
 from groundstation.consumers.telemetry import Telemetry
 from groundstation.core.definitions import VehicleDictionary
-from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S
+from groundstation.core.envelope import DEFAULT_MAX_CLOCK_SKEW_S, Arrival
 from groundstation.ingest.archive import (
     ArchiveReader,
     ArchiveRecord,
@@ -317,16 +317,7 @@ class HistoryWriter:
             self._rebuild()
         did_work = False
         for name, records in self._unread():
-            for batch in batched(
-                archived_arrivals(
-                    (record for _, record in records),
-                    max_payload_bytes=self._max_payload_bytes,
-                    vehicles=self._dictionaries,
-                    max_clock_skew_s=self._max_clock_skew_s,
-                ),
-                self._batch_envelopes,
-                max_bytes=self._batch_bytes,
-            ):
+            for batch in self._batches(record for _, record in records):
                 if self.stop.is_set():
                     return did_work
                 did_work = True
@@ -379,20 +370,21 @@ class HistoryWriter:
             records = reader.segment_records(path)
             if path.name == saved.segment:
                 records = (r for _, r in zip(range(saved.records), records, strict=False))
-            for batch in batched(
-                archived_arrivals(
-                    records,
-                    max_payload_bytes=self._max_payload_bytes,
-                    vehicles=self._dictionaries,
-                    max_clock_skew_s=self._max_clock_skew_s,
-                ),
-                self._batch_envelopes,
-                max_bytes=self._batch_bytes,
-            ):
+            for batch in self._batches(records):
                 for decoded in self._pipeline.process(batch):
                     self._samples.take(decoded)
                 self._note_received(max(a.received_at for a in batch), written=True)
         self._position = saved
+
+    def _batches(self, records: Iterable[ArchiveRecord]) -> Iterator[list[Arrival]]:
+        return archived_batches(
+            records,
+            max_payload_bytes=self._max_payload_bytes,
+            vehicles=self._dictionaries,
+            batch_size=self._batch_envelopes,
+            batch_max_bytes=self._batch_bytes,
+            max_clock_skew_s=self._max_clock_skew_s,
+        )
 
     def _note_received(self, received_at: float, *, written: bool) -> None:
         self.status.note(received_at, written=written)
